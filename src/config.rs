@@ -1,0 +1,196 @@
+//! The command line: every setting is a flag, also readable from `LEFTPAD_<FLAG>`.
+//!
+//! Values are checked here, so a bad one stops the program before anything starts, with
+//! clap's exit code 2 and a message naming the flag.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::http::request::{Limits, MAX_HEADERS_CAP};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "leftpad",
+    version,
+    about = "A thread-per-core io_uring left-pad HTTP service",
+    long_about = "A thread-per-core io_uring left-pad HTTP service.\n\n\
+        GET /v1/leftpad/?str=test&len=50&chr=* answers {\"str\":\"****...test\"}.\n\
+        Every option can also be set by an environment variable: --max-len is LEFTPAD_MAX_LEN.\n\
+        Durations are seconds (10) or take a unit (10s, 500ms, 2m); sizes are bytes."
+)]
+pub struct Config {
+    /// Address of the public HTTP listener (HOST:PORT).
+    #[arg(long, env = "LEFTPAD_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+
+    /// Worker threads, one per CPU, each pinned to its CPU [default: the CPUs this process may use].
+    #[arg(long, env = "LEFTPAD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// I/O driver: io_uring, epoll, or auto (io_uring, falling back to epoll when refused).
+    #[arg(long, env = "LEFTPAD_DRIVER", value_enum, default_value_t = Driver::Auto)]
+    pub driver: Driver,
+
+    /// Largest `len` a request may ask for (in characters).
+    #[arg(long, env = "LEFTPAD_MAX_LEN", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub max_len: u64,
+
+    /// Largest request head (request line and headers), in bytes: 431 beyond it, or 414
+    /// when the request line alone is longer.
+    #[arg(long, env = "LEFTPAD_MAX_HEAD_SIZE", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    pub max_head_size: u64,
+
+    /// Most headers a request may have: 431 beyond it.
+    #[arg(long, env = "LEFTPAD_MAX_HEADERS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_HEADERS_CAP as u64))]
+    pub max_headers: u64,
+
+    /// Largest request body (read and discarded), in bytes: 413 beyond it.
+    #[arg(long, env = "LEFTPAD_MAX_BODY_SIZE", default_value_t = 1_048_576)]
+    pub max_body_size: u64,
+
+    /// Most open connections for the whole process; new ones beyond it get 503 and are closed.
+    #[arg(long, env = "LEFTPAD_MAX_CONNECTIONS", default_value_t = 16384,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+
+    /// Time a client has to send a whole request head, from its first byte (slowloris guard).
+    #[arg(long, env = "LEFTPAD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a keep-alive connection may stay idle between requests (also the most time
+    /// between two reads of a request body).
+    #[arg(long, env = "LEFTPAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time a client has to take in a response; one that does not read is dropped.
+    #[arg(long, env = "LEFTPAD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long requests in flight may take before connections are cut.
+    #[arg(long, env = "LEFTPAD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// io_uring setup flags (for benchmarking the choice; see ARCHITECTURE.md).
+    #[arg(long, env = "LEFTPAD_URING_SETUP", value_enum, default_value_t = UringSetup::Defer, hide = true)]
+    pub uring_setup: UringSetup,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    Auto,
+    #[value(name = "io-uring")]
+    IoUring,
+    Epoll,
+}
+
+/// How the io_uring instance is set up (see ARCHITECTURE.md for the measurements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UringSetup {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN`: completions run only when the worker waits.
+    Defer,
+    /// `COOP_TASKRUN | TASKRUN_FLAG`: no inter-processor interrupts for completions.
+    Coop,
+    /// The kernel's defaults (monoio's own).
+    Plain,
+}
+
+impl Config {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_head_size: self.max_head_size as usize,
+            max_headers: self.max_headers as usize,
+            max_body_size: self.max_body_size,
+        }
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    let hint = "expected HOST:PORT, such as 0.0.0.0:8080 or [::1]:8080";
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot use '{text}' as an address ({e}): {hint}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("'{text}' resolves to no address: {hint}"))
+}
+
+/// A duration: plain seconds (`10`, `0.5`) or a number with a unit (`ms`, `s`, `m`, `h`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit: use ms, s, m or h (e.g. 10s, 500ms)"
+            ))
+        }
+    };
+    let value: f64 = number.parse().map_err(|_| {
+        format!("'{text}' is not a duration: use seconds (10) or a unit (10s, 500ms)")
+    })?;
+    let seconds = value * scale;
+    if !(seconds > 0.0 && seconds <= 86_400.0 * 365.0) {
+        return Err(format!(
+            "'{text}' must be more than zero and at most a year"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("1.2.3s").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["leftpad"]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.max_len, 1024);
+        assert_eq!(c.max_head_size, 8192);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.driver, Driver::Auto);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = Config::try_parse_from(["leftpad", "--max-len", "abc"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--max-len"));
+        let err = Config::try_parse_from(["leftpad", "--idle-timeout", "5y"]).unwrap_err();
+        assert!(err.to_string().contains("--idle-timeout"));
+        let err = Config::try_parse_from(["leftpad", "--listen", "nonsense"]).unwrap_err();
+        assert!(err.to_string().contains("--listen"));
+    }
+
+    #[test]
+    fn help_is_consistent() {
+        Config::command().debug_assert();
+    }
+}

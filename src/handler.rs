@@ -1,0 +1,195 @@
+//! Routing and the application handlers: `/v1/leftpad`, `/healthz`, 404 and 405.
+//!
+//! A handler sees a parsed [`Request`] and writes one [`Response`]; it owns the reusable
+//! scratch buffers, so answering allocates nothing in steady state.
+
+use std::fmt::Write;
+
+use crate::http::request::{Method, Request};
+use crate::http::response::{Response, JSON, TEXT};
+use crate::http::Status;
+use crate::json::{self, EscapedChar};
+use crate::{leftpad, query};
+
+const ALLOW: &[u8] = b"Allow: GET, HEAD\r\n";
+
+/// The application: one per worker.
+pub struct App {
+    max_len: u64,
+    scratch: query::Scratch,
+    message: String,
+}
+
+impl App {
+    pub fn new(max_len: u64) -> App {
+        App {
+            max_len,
+            scratch: query::Scratch::default(),
+            message: String::new(),
+        }
+    }
+
+    pub fn handle(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
+        let route = match req.path {
+            b"/v1/leftpad/" | b"/v1/leftpad" => Route::Leftpad,
+            b"/healthz" => Route::Healthz,
+            _ => {
+                return res.error(
+                    Status::NOT_FOUND,
+                    "not found: the API is GET /v1/leftpad/?str=...&len=...&chr=...",
+                    b"",
+                )
+            }
+        };
+        if req.method == Method::Other {
+            return res.error(
+                Status::METHOD_NOT_ALLOWED,
+                "method not allowed: use GET or HEAD",
+                ALLOW,
+            );
+        }
+        match route {
+            Route::Leftpad => self.leftpad(req.query, res),
+            Route::Healthz => res.send(Status::OK, TEXT, b"", 3, |out| {
+                out.extend_from_slice(b"ok\n")
+            }),
+        }
+    }
+
+    fn leftpad(&mut self, query: &[u8], res: &mut Response<'_>) {
+        match query::parse(query, self.max_len, &mut self.scratch) {
+            Ok(params) => {
+                const OPEN: &[u8] = b"{\"str\":\"";
+                const CLOSE: &[u8] = b"\"}\n";
+                let pad = EscapedChar::new(params.chr);
+                let count = leftpad::pad_count(params.str, params.len);
+                let body_len = OPEN.len()
+                    + pad.as_bytes().len() * count
+                    + json::escaped_len(params.str)
+                    + CLOSE.len();
+                res.send(Status::OK, JSON, b"", body_len, |out| {
+                    out.extend_from_slice(OPEN);
+                    pad.write_repeated(out, count);
+                    json::write_escaped(out, params.str);
+                    out.extend_from_slice(CLOSE);
+                });
+            }
+            Err(e) => {
+                self.message.clear();
+                // Writing into a String cannot fail.
+                let _ = write!(self.message, "{e}");
+                res.error(Status::BAD_REQUEST, &self.message, b"");
+            }
+        }
+    }
+}
+
+enum Route {
+    Leftpad,
+    Healthz,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{parse, Limits, Parsed};
+    use crate::http::response::Connection;
+
+    const DATE: &[u8; 29] = b"Sun, 06 Nov 1994 08:49:37 GMT";
+    const LIMITS: Limits = Limits {
+        max_head_size: 8192,
+        max_headers: 32,
+        max_body_size: 0,
+    };
+
+    /// Answers one raw request with a fresh app; returns (status, body).
+    fn answer(raw: &str) -> (u16, String) {
+        let Parsed::Complete { request, .. } = parse(raw.as_bytes(), &LIMITS) else {
+            panic!("bad test request {raw:?}");
+        };
+        let mut out = Vec::new();
+        let head_only = request.method == Method::Head;
+        let mut res = Response::new(&mut out, DATE, head_only, Connection::Default);
+        App::new(1024).handle(&request, &mut res);
+        let status = res.status().0;
+        let text = String::from_utf8(out).unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, body)
+    }
+
+    fn get(target: &str) -> (u16, String) {
+        answer(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    }
+
+    #[test]
+    fn the_article_example() {
+        assert_eq!(
+            get("/v1/leftpad/?str=test&len=50&chr=*"),
+            (200, format!("{{\"str\":\"{}test\"}}\n", "*".repeat(46)))
+        );
+        assert_eq!(
+            get("/v1/leftpad?str=test&len=6&chr=*").1,
+            "{\"str\":\"**test\"}\n"
+        );
+    }
+
+    #[test]
+    fn escapes_string_and_padding() {
+        assert_eq!(
+            get("/v1/leftpad/?str=%3Cb%3E%22&len=6&chr=%26").1,
+            r#"{"str":"\u0026\u0026\u003cb\u003e\""}"#.to_owned() + "\n"
+        );
+        assert_eq!(
+            get("/v1/leftpad/?str=%0A&len=2&chr=%09").1,
+            "{\"str\":\"\\t\\n\"}\n"
+        );
+    }
+
+    #[test]
+    fn unicode_padding_counts_characters() {
+        assert_eq!(
+            get("/v1/leftpad/?str=%C3%A9t%C3%A9&len=5&chr=%E2%98%83").1,
+            "{\"str\":\"☃☃été\"}\n"
+        );
+    }
+
+    #[test]
+    fn defaults_and_unchanged_strings() {
+        assert_eq!(get("/v1/leftpad/?str=ab&len=4").1, "{\"str\":\"  ab\"}\n");
+        assert_eq!(get("/v1/leftpad/?str=abc&len=-3").1, "{\"str\":\"abc\"}\n");
+        assert_eq!(get("/v1/leftpad/?len=0").1, "{\"str\":\"\"}\n");
+    }
+
+    #[test]
+    fn bad_queries_are_400_with_a_message() {
+        assert_eq!(
+            get("/v1/leftpad/?str=a&len=x"),
+            (400, "{\"error\":\"len must be an integer\"}\n".into())
+        );
+        assert_eq!(
+            get("/v1/leftpad/?len=5000").1,
+            "{\"error\":\"len must not exceed 1024\"}\n"
+        );
+        assert_eq!(get("/v1/leftpad/").0, 400);
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(get("/healthz"), (200, "ok\n".into()));
+        assert_eq!(get("/").0, 404);
+        assert_eq!(get("/v1/leftpad/x").0, 404);
+        assert_eq!(get("/debug/pprof/").0, 404);
+        let (status, body) = answer("POST /v1/leftpad/ HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 405);
+        assert!(body.contains("use GET or HEAD"));
+        assert_eq!(answer("PUT /nope HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);
+    }
+
+    #[test]
+    fn head_has_no_body() {
+        assert_eq!(
+            answer("HEAD /v1/leftpad/?len=3 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (200, String::new())
+        );
+    }
+}

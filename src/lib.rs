@@ -1,0 +1,19 @@
+//! leftpad: a thread-per-core io_uring left-pad HTTP microservice.
+//!
+//! The crate is a sans-I/O core and a thin runtime shell around it:
+//!
+//! - core (pure functions of bytes, no sockets or clocks): [`http`] (framing, parsing,
+//!   responses), [`handler`] (routing and the API), [`query`], [`leftpad`], [`json`];
+//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`server`] (startup, signals,
+//!   shutdown), [`config`] (the command line).
+//!
+//! See ARCHITECTURE.md for the path of a request and the invariants.
+
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod json;
+pub mod leftpad;
+pub mod query;
+pub mod server;
+pub mod worker;

@@ -1,0 +1,358 @@
+//! The `/v1/leftpad` query string: `application/x-www-form-urlencoded` decoding and the
+//! `str` / `len` / `chr` parameter rules of SPEC §2.
+//!
+//! Decoding writes into a [`Scratch`] the caller keeps and reuses, so parsing a query
+//! allocates nothing once the scratch buffers have grown to the largest query seen (which
+//! the request-head limit bounds).
+
+use std::fmt;
+
+/// Reusable decode buffers: one per parameter we keep, one for the rest.
+#[derive(Default)]
+pub struct Scratch {
+    str: Vec<u8>,
+    len: Vec<u8>,
+    chr: Vec<u8>,
+    key: Vec<u8>,
+    other: Vec<u8>,
+}
+
+/// The decoded parameters of a valid leftpad query.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Params<'s> {
+    pub str: &'s str,
+    /// The target length; never above the `max_len` given to [`parse`].
+    pub len: i64,
+    /// The padding character (a space when `chr` is missing or empty).
+    pub chr: char,
+}
+
+/// Why a query was refused. Its `Display` is the message the client sees.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueryError<'q> {
+    /// A `%` not followed by two hex digits, in the parameter with this (raw) name.
+    BadEscape(&'q [u8]),
+    /// The decoded name or value of this (raw) parameter is not UTF-8.
+    NotUtf8(&'q [u8]),
+    LenMissing,
+    LenNotInteger,
+    LenTooLarge {
+        max: u64,
+    },
+}
+
+impl fmt::Display for QueryError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::BadEscape(name) => write!(
+                f,
+                "query parameter {} has a bad percent-escape: use %XX with two hex digits",
+                DisplayName(name)
+            ),
+            QueryError::NotUtf8(name) => {
+                write!(
+                    f,
+                    "query parameter {} is not valid UTF-8",
+                    DisplayName(name)
+                )
+            }
+            QueryError::LenMissing => f.write_str("len is required: add len=<target length>"),
+            QueryError::LenNotInteger => f.write_str("len must be an integer"),
+            QueryError::LenTooLarge { max } => write!(f, "len must not exceed {max}"),
+        }
+    }
+}
+
+/// A raw parameter name for an error message: quoted, short, printable ASCII only.
+struct DisplayName<'q>(&'q [u8]);
+
+impl fmt::Display for DisplayName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX: usize = 32;
+        let name = &self.0[..self.0.len().min(MAX)];
+        f.write_str("\"")?;
+        for &b in name {
+            let shown = if b.is_ascii_graphic() || b == b' ' {
+                b
+            } else {
+                b'?'
+            };
+            f.write_str(std::str::from_utf8(&[shown]).unwrap_or("?"))?;
+        }
+        f.write_str(if self.0.len() > MAX { "...\"" } else { "\"" })
+    }
+}
+
+/// A `%` that is not followed by two hex digits.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadEscape;
+
+/// Decodes one form-urlencoded component (`+` is a space, `%XX` a byte) onto `out`.
+pub fn decode_component(src: &[u8], out: &mut Vec<u8>) -> Result<(), BadEscape> {
+    out.reserve(src.len());
+    let mut i = 0;
+    while i < src.len() {
+        match src[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = src.get(i + 1).and_then(|&b| hex_value(b));
+                let lo = src.get(i + 2).and_then(|&b| hex_value(b));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(BadEscape);
+                };
+                out.push(hi << 4 | lo);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Parses a leftpad query string (the part after `?`, without it).
+///
+/// Every parameter is decoded and checked (bad escapes and non-UTF-8 are errors wherever
+/// they are); the first `str`, `len` and `chr` win and the others are ignored.
+pub fn parse<'q, 's>(
+    query: &'q [u8],
+    max_len: u64,
+    scratch: &'s mut Scratch,
+) -> Result<Params<'s>, QueryError<'q>> {
+    let Scratch {
+        str,
+        len,
+        chr,
+        key,
+        other,
+    } = scratch;
+    str.clear();
+    len.clear();
+    chr.clear();
+    let (mut have_str, mut have_len, mut have_chr) = (false, false, false);
+
+    for pair in query.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        key.clear();
+        decode_component(raw_key, key).map_err(|BadEscape| QueryError::BadEscape(raw_key))?;
+        let target = match key.as_slice() {
+            b"str" if !have_str => {
+                have_str = true;
+                &mut *str
+            }
+            b"len" if !have_len => {
+                have_len = true;
+                &mut *len
+            }
+            b"chr" if !have_chr => {
+                have_chr = true;
+                &mut *chr
+            }
+            _ => {
+                other.clear();
+                &mut *other
+            }
+        };
+        decode_component(raw_value, target).map_err(|BadEscape| QueryError::BadEscape(raw_key))?;
+        if std::str::from_utf8(key).is_err() || std::str::from_utf8(target).is_err() {
+            return Err(QueryError::NotUtf8(raw_key));
+        }
+    }
+
+    if !have_len || len.is_empty() {
+        return Err(QueryError::LenMissing);
+    }
+    let len = parse_len(len, max_len)?;
+    // Both were checked above; these conversions cannot fail.
+    let str = std::str::from_utf8(str).map_err(|_| QueryError::NotUtf8(b"str"))?;
+    let chr = std::str::from_utf8(chr)
+        .map_err(|_| QueryError::NotUtf8(b"chr"))?
+        .chars()
+        .next()
+        .unwrap_or(' ');
+    Ok(Params { str, len, chr })
+}
+
+/// `len` as Go's `strconv.Atoi` reads it: an optional sign, then decimal digits only.
+fn parse_len(text: &[u8], max_len: u64) -> Result<i64, QueryError<'static>> {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(QueryError::LenNotInteger);
+    }
+    if negative {
+        // Any negative length means "no padding"; its size does not matter.
+        return Ok(-1);
+    }
+    let too_large = || QueryError::LenTooLarge { max: max_len };
+    let mut value: u64 = 0;
+    for &d in digits {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d - b'0')))
+            .ok_or_else(too_large)?;
+    }
+    if value > max_len {
+        return Err(too_large());
+    }
+    i64::try_from(value).map_err(|_| too_large())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<Vec<u8>, BadEscape> {
+        let mut out = Vec::new();
+        decode_component(s.as_bytes(), &mut out).map(|()| out)
+    }
+
+    fn parse_ok(q: &str) -> (String, i64, char) {
+        let mut scratch = Scratch::default();
+        let p = parse(q.as_bytes(), 1024, &mut scratch).unwrap();
+        (p.str.to_owned(), p.len, p.chr)
+    }
+
+    fn parse_err(q: &str) -> String {
+        let mut scratch = Scratch::default();
+        parse(q.as_bytes(), 1024, &mut scratch)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn decodes_plus_and_percent_escapes() {
+        assert_eq!(decode("a+b%20c").unwrap(), b"a b c");
+        assert_eq!(decode("%2a%2A%25%2B").unwrap(), b"**%+");
+        assert_eq!(decode("%C3%A9").unwrap(), "é".as_bytes());
+        assert_eq!(decode("").unwrap(), b"");
+    }
+
+    #[test]
+    fn rejects_bad_escapes() {
+        assert!(decode("%zz").is_err());
+        assert!(decode("%4").is_err());
+        assert!(decode("%").is_err());
+        assert!(decode("ab%g1").is_err());
+    }
+
+    #[test]
+    fn the_article_example() {
+        assert_eq!(parse_ok("str=test&len=50&chr=*"), ("test".into(), 50, '*'));
+    }
+
+    #[test]
+    fn defaults_for_missing_str_and_chr() {
+        assert_eq!(parse_ok("len=3"), (String::new(), 3, ' '));
+        assert_eq!(parse_ok("len=3&chr="), (String::new(), 3, ' '));
+        assert_eq!(parse_ok("len=3&chr"), (String::new(), 3, ' '));
+    }
+
+    #[test]
+    fn chr_is_the_first_character_of_its_value() {
+        assert_eq!(parse_ok("len=3&chr=xyz").2, 'x');
+        assert_eq!(parse_ok("len=3&chr=%F0%9F%98%80%21").2, '😀');
+        assert_eq!(parse_ok("len=3&chr=+").2, ' ');
+    }
+
+    #[test]
+    fn first_occurrence_wins_and_unknown_are_ignored() {
+        assert_eq!(
+            parse_ok("str=a&str=b&len=4&len=9&chr=1&chr=2&x=y&&z"),
+            ("a".into(), 4, '1')
+        );
+    }
+
+    #[test]
+    fn names_may_be_encoded() {
+        assert_eq!(parse_ok("%73tr=hi&l%65n=5").0, "hi");
+    }
+
+    #[test]
+    fn len_accepts_sign_and_leading_zeros() {
+        assert_eq!(parse_ok("len=%2B7").1, 7);
+        assert_eq!(parse_ok("len=007").1, 7);
+        assert_eq!(parse_ok("len=-5").1, -1);
+        assert_eq!(parse_ok("len=-99999999999999999999999").1, -1);
+        assert_eq!(parse_ok("len=1024").1, 1024);
+    }
+
+    #[test]
+    fn len_errors_tell_what_to_fix() {
+        assert_eq!(
+            parse_err("str=a"),
+            "len is required: add len=<target length>"
+        );
+        assert_eq!(
+            parse_err("str=a&len="),
+            "len is required: add len=<target length>"
+        );
+        assert_eq!(parse_err("len=abc"), "len must be an integer");
+        assert_eq!(parse_err("len=1.5"), "len must be an integer");
+        assert_eq!(parse_err("len=+5"), "len must be an integer"); // '+' is a space
+        assert_eq!(parse_err("len=-"), "len must be an integer");
+        assert_eq!(parse_err("len=1025"), "len must not exceed 1024");
+        assert_eq!(
+            parse_err("len=99999999999999999999999"),
+            "len must not exceed 1024"
+        );
+    }
+
+    #[test]
+    fn bad_escapes_and_bad_utf8_are_errors_in_any_parameter() {
+        assert_eq!(
+            parse_err("str=%zz&len=5"),
+            "query parameter \"str\" has a bad percent-escape: use %XX with two hex digits"
+        );
+        assert_eq!(
+            parse_err("len=5&foo=%4"),
+            "query parameter \"foo\" has a bad percent-escape: use %XX with two hex digits"
+        );
+        assert_eq!(
+            parse_err("str=%ff&len=5"),
+            "query parameter \"str\" is not valid UTF-8"
+        );
+        assert_eq!(
+            parse_err("len=5&%ff=1"),
+            "query parameter \"%ff\" is not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn error_names_are_shortened_and_printable() {
+        let long = format!("len=5&{}%zz=1", "k".repeat(40));
+        assert!(parse_err(&long).contains(&format!("\"{}...\"", "k".repeat(32))));
+        assert!(parse_err("len=5&a\u{1}b=%zz").contains("\"a?b\""));
+    }
+
+    #[test]
+    fn scratch_is_reused_between_queries() {
+        let mut scratch = Scratch::default();
+        let first = parse(b"str=long+string+here&len=30", 1024, &mut scratch).unwrap();
+        assert_eq!(first.str, "long string here");
+        let second = parse(b"len=2", 1024, &mut scratch).unwrap();
+        assert_eq!(
+            second,
+            Params {
+                str: "",
+                len: 2,
+                chr: ' '
+            }
+        );
+    }
+}

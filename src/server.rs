@@ -1,0 +1,243 @@
+//! Process lifecycle: bind, start one worker per CPU, print the startup summary, wait for
+//! SIGINT/SIGTERM, drain, exit.
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::worker::{self, DriverReport, Shared, WorkerSpec};
+
+/// Exit code for a failure at startup (a bad flag value is clap's 2).
+const EXIT_STARTUP: u8 = 1;
+
+enum Event {
+    Signal(i32),
+    WorkerExited(usize),
+}
+
+/// Runs the server until it is told to stop; returns the process exit code.
+pub fn run(config: Config) -> ExitCode {
+    match start_and_wait(config) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("leftpad: error: {message}");
+            ExitCode::from(EXIT_STARTUP)
+        }
+    }
+}
+
+fn start_and_wait(config: Config) -> Result<ExitCode, String> {
+    raise_fd_limit();
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let workers = config.workers.map_or(cpus.len().max(1), usize::from);
+    let listeners = bind_listeners(config.listen, workers)?;
+    let local = listeners[0]
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared::default());
+    let (events, events_rx) = mpsc::channel();
+    // Registered before any worker starts, so no signal is missed or fatal.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let (ready, ready_rx) = mpsc::channel();
+    let mut pinned = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        pinned.extend(cpu.map(|c| c.id));
+        let spec = WorkerSpec {
+            id,
+            cpu,
+            listener,
+            config: config.clone(),
+            shared: shared.clone(),
+        };
+        let ready = ready.clone();
+        let events = events.clone();
+        std::thread::Builder::new()
+            .name(format!("leftpad-w{id}"))
+            .spawn(move || {
+                worker::run(spec, ready);
+                let _ = events.send(Event::WorkerExited(id));
+            })
+            .map_err(|e| format!("cannot start worker thread {id}: {e}"))?;
+    }
+    drop(ready);
+
+    let mut drivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(report)) => drivers.push(report),
+            Ok(Err(message)) => {
+                shared.shutdown.store(true, Ordering::Relaxed);
+                return Err(message);
+            }
+            Err(_) => return Err("a worker thread died while starting".into()),
+        }
+    }
+    eprintln!("{}", summary(&config, local, workers, &pinned, &drivers));
+
+    std::thread::Builder::new()
+        .name("leftpad-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    wait_for_exit(&config, &shared, &events_rx, workers)
+}
+
+/// Waits for a signal, then for the workers to drain (bounded by the shutdown timeout).
+fn wait_for_exit(
+    config: &Config,
+    shared: &Shared,
+    events: &mpsc::Receiver<Event>,
+    workers: usize,
+) -> Result<ExitCode, String> {
+    let mut exited = 0;
+    let mut deadline: Option<Instant> = None;
+    let mut code = ExitCode::SUCCESS;
+    while exited < workers {
+        let event = match deadline {
+            None => events.recv().ok(),
+            Some(at) => events
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+                .ok(),
+        };
+        match event {
+            Some(Event::Signal(_)) if deadline.is_some() => {
+                eprintln!("leftpad: second signal: exiting now");
+                return Ok(ExitCode::from(EXIT_STARTUP));
+            }
+            Some(Event::Signal(signal)) => {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                eprintln!(
+                    "leftpad: {name}: shutting down (finishing requests in flight, up to {:?})",
+                    config.shutdown_timeout
+                );
+                shared.shutdown.store(true, Ordering::Relaxed);
+                // The workers cut what is left at the timeout; this is the backstop.
+                deadline = Some(Instant::now() + config.shutdown_timeout + Duration::from_secs(2));
+            }
+            Some(Event::WorkerExited(id)) => {
+                exited += 1;
+                if deadline.is_none() {
+                    eprintln!("leftpad: worker {id} stopped unexpectedly; shutting down");
+                    shared.shutdown.store(true, Ordering::Relaxed);
+                    deadline =
+                        Some(Instant::now() + config.shutdown_timeout + Duration::from_secs(2));
+                    code = ExitCode::from(EXIT_STARTUP);
+                }
+            }
+            None => {
+                eprintln!("leftpad: workers did not stop in time; exiting");
+                break;
+            }
+        }
+    }
+    if code == ExitCode::SUCCESS {
+        eprintln!("leftpad: stopped");
+    }
+    Ok(code)
+}
+
+/// The one startup line: address, workers, driver.
+fn summary(
+    config: &Config,
+    local: SocketAddr,
+    workers: usize,
+    cpus: &[usize],
+    drivers: &[DriverReport],
+) -> String {
+    let cpus = if cpus.is_empty() {
+        "unpinned".to_owned()
+    } else {
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        format!("pinned to CPUs {}", list.join(","))
+    };
+    let driver = if drivers.iter().all(|d| *d == drivers[0]) {
+        drivers[0].to_string()
+    } else {
+        let each: Vec<String> = drivers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("worker {i}: {d}"))
+            .collect();
+        each.join("; ")
+    };
+    format!(
+        "leftpad {}: listening on http://{local}, {workers} worker(s) {cpus}, driver {driver}, \
+         max-len {}, max-connections {}",
+        env!("CARGO_PKG_VERSION"),
+        config.max_len,
+        config.max_connections,
+    )
+}
+
+/// Binds one `SO_REUSEPORT` listener per worker on the same address.
+///
+/// A probe bind without `SO_REUSEPORT` first: it fails if anything already listens there,
+/// even another process's reuse-port group, which a plain reuse-port bind would join.
+fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    let in_use = |e: io::Error| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            format!("cannot listen on {addr}: the address is already in use; stop the other server or choose another --listen")
+        } else {
+            format!("cannot listen on {addr}: {e}")
+        }
+    };
+    let probe = bind(addr, false).map_err(in_use)?;
+    // With port 0 the probe picked the port; every worker must share it.
+    let addr = probe.local_addr().map_err(in_use)?;
+    drop(probe);
+    (0..count)
+        .map(|_| bind(addr, true).map_err(in_use))
+        .collect()
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Lifts the soft open-file limit to the hard one, as Go and nginx do: each connection
+/// is a file descriptor, and 1024 is far below `--max-connections`.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer,
+    // which lives on this stack frame for the duration of both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

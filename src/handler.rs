@@ -30,17 +30,16 @@ impl App {
     }
 
     pub fn handle(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
-        let route = match req.path {
-            b"/v1/leftpad/" | b"/v1/leftpad" => Route::Leftpad,
-            b"/healthz" => Route::Healthz,
-            _ => {
-                return res.error(
+        let route =
+            match req.path {
+                b"/v1/leftpad/" | b"/v1/leftpad" => Route::Leftpad,
+                b"/healthz" => Route::Healthz,
+                _ => return res.error(
                     Status::NOT_FOUND,
-                    "not found: the API is GET /v1/leftpad/?str=...&len=...&chr=...",
+                    "not found: the API is GET /v1/leftpad/ with query parameters str, len and chr",
                     b"",
-                )
-            }
-        };
+                ),
+            };
         if req.method == Method::Other {
             return res.error(
                 Status::METHOD_NOT_ALLOWED,

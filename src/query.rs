@@ -56,7 +56,9 @@ impl fmt::Display for QueryError<'_> {
                     DisplayName(name)
                 )
             }
-            QueryError::LenMissing => f.write_str("len is required: add len=<target length>"),
+            QueryError::LenMissing => {
+                f.write_str("len is required: add len=N, the target length in characters")
+            }
             QueryError::LenNotInteger => f.write_str("len must be an integer"),
             QueryError::LenTooLarge { max } => write!(f, "len must not exceed {max}"),
         }
@@ -296,11 +298,11 @@ mod tests {
     fn len_errors_tell_what_to_fix() {
         assert_eq!(
             parse_err("str=a"),
-            "len is required: add len=<target length>"
+            "len is required: add len=N, the target length in characters"
         );
         assert_eq!(
             parse_err("str=a&len="),
-            "len is required: add len=<target length>"
+            "len is required: add len=N, the target length in characters"
         );
         assert_eq!(parse_err("len=abc"), "len must be an integer");
         assert_eq!(parse_err("len=1.5"), "len must be an integer");

@@ -1,0 +1,208 @@
+//! Command line and lifecycle (SPEC §6): flags, environment, errors, startup summary,
+//! graceful shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{exchange, get, is_closed, read_response, Server, DRIVERS};
+
+fn leftpad(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_leftpad"))
+        .args(args)
+        .output()
+        .expect("run leftpad")
+}
+
+const FLAGS: [&str; 14] = [
+    "--listen",
+    "--workers",
+    "--driver",
+    "--max-len",
+    "--max-head-size",
+    "--max-headers",
+    "--max-body-size",
+    "--max-connections",
+    "--header-timeout",
+    "--idle-timeout",
+    "--write-timeout",
+    "--shutdown-timeout",
+    "--help",
+    "--version",
+];
+
+#[test]
+fn help_documents_every_flag_with_its_default_and_variable() {
+    let out = leftpad(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in FLAGS {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    for text in [
+        "[default: 0.0.0.0:8080]",
+        "[default: 1024]",
+        "[default: 10s]",
+        "[env: LEFTPAD_MAX_LEN=]",
+    ] {
+        assert!(help.contains(text), "--help lacks {text}");
+    }
+}
+
+#[test]
+fn version() {
+    let out = leftpad(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("leftpad {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_values_exit_2_naming_the_flag() {
+    for (args, flag) in [
+        (&["--max-len", "lots"][..], "--max-len"),
+        (&["--workers", "0"], "--workers"),
+        (&["--driver", "kqueue"], "--driver"),
+        (&["--header-timeout", "soon"], "--header-timeout"),
+        (&["--listen", "not an address"], "--listen"),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ] {
+        let out = leftpad(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_leftpad"))
+        .env("LEFTPAD_MAX_LEN", "-3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--max-len"));
+}
+
+#[test]
+fn address_in_use_exits_1_with_a_clear_message() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = leftpad(&["--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&addr) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+
+    // Another leftpad (a SO_REUSEPORT group) holds the port too.
+    let first = Server::start(&[]);
+    let out = leftpad(&["--listen", &first.addr.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn environment_variables_set_flags_and_flags_win() {
+    let server = Server::start_with_env(&[], &[("LEFTPAD_MAX_LEN", "5")]);
+    assert_eq!(exchange(&server, &get("/v1/leftpad/?len=6")).0.status, 400);
+    let server = Server::start_with_env(&["--max-len", "7"], &[("LEFTPAD_MAX_LEN", "5")]);
+    assert_eq!(exchange(&server, &get("/v1/leftpad/?len=6")).0.status, 200);
+}
+
+#[test]
+fn startup_summary_names_address_workers_and_driver() {
+    let server = Server::start(&["--workers", "2"]);
+    let stderr = server.stderr();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("listening on http://{}", server.addr)));
+    assert!(stderr.contains("2 worker(s)"));
+    assert!(stderr.contains("driver io_uring") || stderr.contains("driver epoll"));
+}
+
+#[test]
+fn workers_share_the_port() {
+    let server = Server::start(&["--workers", "2"]);
+    for _ in 0..50 {
+        assert_eq!(exchange(&server, &get("/healthz")).0.status, 200);
+    }
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    for driver in DRIVERS {
+        let mut server = Server::start(&["--driver", driver, "--workers", "2"]);
+        // Idle keep-alive connections: closed at once on shutdown.
+        let mut idle: Vec<_> = (0..4)
+            .map(|_| exchange(&server, &get("/healthz")).1)
+            .collect();
+        // Requests in flight: half a head sent before the signal, the rest after.
+        let request = get("/v1/leftpad/?str=inflight&len=12&chr=-");
+        let (first, rest) = request.split_at(20);
+        let mut busy: Vec<_> = (0..4)
+            .map(|_| {
+                let mut s = server.connect();
+                s.write_all(first).unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        server.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+
+        for s in &mut idle {
+            assert!(
+                is_closed(s, Duration::from_secs(2)),
+                "{driver}: idle connection not closed"
+            );
+        }
+        for s in &mut busy {
+            s.write_all(rest).unwrap();
+            let r = read_response(s, false).expect("in-flight request answered");
+            assert_eq!(r.text(), "{\"str\":\"----inflight\"}\n");
+            assert!(is_closed(s, Duration::from_secs(2)));
+        }
+        let status = server.wait(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0), "{driver}: {}", server.stderr());
+        assert!(
+            std::net::TcpStream::connect(server.addr).is_err(),
+            "still accepting"
+        );
+    }
+}
+
+#[test]
+fn pipelined_burst_before_sigterm_is_answered_completely() {
+    let mut server = Server::start(&["--workers", "2"]);
+    let mut conns: Vec<_> = (0..8).map(|_| server.connect()).collect();
+    let burst = get("/v1/leftpad/?str=x&len=900&chr=%E2%98%83").repeat(64);
+    for s in &mut conns {
+        s.write_all(&burst).unwrap();
+    }
+    server.signal(libc::SIGTERM);
+    for s in &mut conns {
+        for _ in 0..64 {
+            let r = read_response(s, false).expect("every pipelined request answered");
+            assert_eq!(r.body.len(), "{\"str\":\"\"}\n".len() + 899 * 3 + 1);
+        }
+    }
+    assert_eq!(server.wait(Duration::from_secs(5)).code(), Some(0));
+}
+
+#[test]
+fn shutdown_timeout_cuts_stuck_connections() {
+    let mut server = Server::start(&["--shutdown-timeout", "500ms", "--header-timeout", "30s"]);
+    let mut stuck = server.connect();
+    stuck.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait(Duration::from_secs(5)).code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(is_closed(&mut stuck, Duration::from_secs(1)));
+}

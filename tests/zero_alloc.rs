@@ -102,7 +102,7 @@ fn steady_state_request_path_does_not_allocate() {
     let mut conn = Conn::new();
     let mut out = Vec::new();
 
-    let mut run_batch = |app: &mut App, conn: &mut Conn, out: &mut Vec<u8>| {
+    let run_batch = |app: &mut App, conn: &mut Conn, out: &mut Vec<u8>| {
         out.clear();
         let progress = conn.process(&batch, out, app, &LIMITS, DATE);
         assert_eq!(progress.consumed, batch.len());

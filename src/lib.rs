@@ -4,7 +4,7 @@
 //!
 //! - core (pure functions of bytes, no sockets or clocks): [`http`] (framing, parsing,
 //!   responses), [`handler`] (routing and the API), [`query`], [`leftpad`], [`json`];
-//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`server`] (startup, signals,
+//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`runtime`] (io_uring or epoll), [`server`] (startup, signals,
 //!   shutdown), [`config`] (the command line).
 //!
 //! See ARCHITECTURE.md for the path of a request and the invariants.
@@ -15,5 +15,6 @@ pub mod http;
 pub mod json;
 pub mod leftpad;
 pub mod query;
+pub mod runtime;
 pub mod server;
 pub mod worker;

@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-/// Reusable decode buffers: one per parameter we keep, one for the rest.
+/// Reusable decode buffers, used only for components that contain escapes: one per
+/// parameter we keep, one for names, one for the rest.
 #[derive(Default)]
 pub struct Scratch {
     str: Vec<u8>,
@@ -32,7 +33,7 @@ pub struct Params<'s> {
 pub enum QueryError<'q> {
     /// A `%` not followed by two hex digits, in the parameter with this (raw) name.
     BadEscape(&'q [u8]),
-    /// The decoded name or value of this (raw) parameter is not UTF-8.
+    /// The decoded name or value of this parameter (raw name) is not UTF-8.
     NotUtf8(&'q [u8]),
     LenMissing,
     LenNotInteger,
@@ -121,66 +122,139 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+/// One name or value as it stands in the query, and whether it holds `%` or `+`.
+#[derive(Clone, Copy)]
+struct Component<'q> {
+    bytes: &'q [u8],
+    escaped: bool,
+}
+
+/// The `name=value` pairs of a query, found in one pass over its bytes (empty pairs
+/// skipped; a pair without `=` has an empty value).
+struct Pairs<'q>(&'q [u8]);
+
+impl<'q> Iterator for Pairs<'q> {
+    type Item = (Component<'q>, Component<'q>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.0.is_empty() {
+                return None;
+            }
+            let rest = self.0;
+            let (mut eq, mut end) = (None, rest.len());
+            let (mut key_escaped, mut value_escaped) = (false, false);
+            for (i, &b) in rest.iter().enumerate() {
+                match b {
+                    b'&' => {
+                        end = i;
+                        break;
+                    }
+                    b'=' if eq.is_none() => eq = Some(i),
+                    b'%' | b'+' if eq.is_none() => key_escaped = true,
+                    b'%' | b'+' => value_escaped = true,
+                    _ => {}
+                }
+            }
+            self.0 = rest.get(end + 1..).unwrap_or_default();
+            if end == 0 {
+                continue;
+            }
+            let pair = &rest[..end];
+            let (key, value) = match eq {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &pair[end..]),
+            };
+            return Some((
+                Component {
+                    bytes: key,
+                    escaped: key_escaped,
+                },
+                Component {
+                    bytes: value,
+                    escaped: value_escaped,
+                },
+            ));
+        }
+    }
+}
+
+/// Where a decoded component is: still in the query (it had no escapes: no copy, the
+/// common case), or decoded into a scratch buffer.
+#[derive(Clone, Copy)]
+enum Decoded<'q> {
+    InQuery(&'q [u8]),
+    InScratch,
+}
+
+impl<'q> Decoded<'q> {
+    fn new(raw: Component<'q>, buf: &mut Vec<u8>) -> Result<Decoded<'q>, BadEscape> {
+        let Component {
+            bytes: raw,
+            escaped,
+        } = raw;
+        if !escaped {
+            return Ok(Decoded::InQuery(raw));
+        }
+        buf.clear();
+        decode_component(raw, buf)?;
+        Ok(Decoded::InScratch)
+    }
+
+    fn bytes<'a>(self, buf: &'a [u8]) -> &'a [u8]
+    where
+        'q: 'a,
+    {
+        match self {
+            Decoded::InQuery(raw) => raw,
+            Decoded::InScratch => buf,
+        }
+    }
+}
+
 /// Parses a leftpad query string (the part after `?`, without it).
 ///
 /// Every parameter is decoded and checked (bad escapes and non-UTF-8 are errors wherever
 /// they are); the first `str`, `len` and `chr` win and the others are ignored.
-pub fn parse<'q, 's>(
-    query: &'q [u8],
+pub fn parse<'a>(
+    query: &'a [u8],
     max_len: u64,
-    scratch: &'s mut Scratch,
-) -> Result<Params<'s>, QueryError<'q>> {
-    let Scratch {
-        str,
-        len,
-        chr,
-        key,
-        other,
-    } = scratch;
-    str.clear();
-    len.clear();
-    chr.clear();
-    let (mut have_str, mut have_len, mut have_chr) = (false, false, false);
-
-    for pair in query.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-        let (raw_key, raw_value) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &pair[pair.len()..]),
-        };
-        key.clear();
-        decode_component(raw_key, key).map_err(|BadEscape| QueryError::BadEscape(raw_key))?;
-        let target = match key.as_slice() {
-            b"str" if !have_str => {
-                have_str = true;
-                &mut *str
-            }
-            b"len" if !have_len => {
-                have_len = true;
-                &mut *len
-            }
-            b"chr" if !have_chr => {
-                have_chr = true;
-                &mut *chr
-            }
+    scratch: &'a mut Scratch,
+) -> Result<Params<'a>, QueryError<'a>> {
+    let (mut str, mut len, mut chr) = (None, None, None);
+    for (raw_key, raw_value) in Pairs(query) {
+        let bad_escape = |BadEscape| QueryError::BadEscape(raw_key.bytes);
+        let raw_key_bytes = raw_key.bytes;
+        let key = Decoded::new(raw_key, &mut scratch.key).map_err(bad_escape)?;
+        let key = key.bytes(&scratch.key);
+        let (slot, buf) = match key {
+            b"str" if str.is_none() => (&mut str, &mut scratch.str),
+            b"len" if len.is_none() => (&mut len, &mut scratch.len),
+            b"chr" if chr.is_none() => (&mut chr, &mut scratch.chr),
             _ => {
-                other.clear();
-                &mut *other
+                // Unknown or repeated: checked, then dropped.
+                let value = Decoded::new(raw_value, &mut scratch.other).map_err(bad_escape)?;
+                let value = value.bytes(&scratch.other);
+                if std::str::from_utf8(key).is_err() || std::str::from_utf8(value).is_err() {
+                    return Err(QueryError::NotUtf8(raw_key_bytes));
+                }
+                continue;
             }
         };
-        decode_component(raw_value, target).map_err(|BadEscape| QueryError::BadEscape(raw_key))?;
-        if std::str::from_utf8(key).is_err() || std::str::from_utf8(target).is_err() {
-            return Err(QueryError::NotUtf8(raw_key));
-        }
+        *slot = Some(Decoded::new(raw_value, buf).map_err(bad_escape)?);
     }
 
-    if !have_len || len.is_empty() {
-        return Err(QueryError::LenMissing);
-    }
-    let len = parse_len(len, max_len)?;
-    // Both were checked above; these conversions cannot fail.
-    let str = std::str::from_utf8(str).map_err(|_| QueryError::NotUtf8(b"str"))?;
-    let chr = std::str::from_utf8(chr)
-        .map_err(|_| QueryError::NotUtf8(b"chr"))?
+    let scratch = &*scratch;
+    let len = match len.map(|v: Decoded| v.bytes(&scratch.len)) {
+        Some(text) if !text.is_empty() => parse_len(text, max_len)?,
+        _ => return Err(QueryError::LenMissing),
+    };
+    let utf8 = |value: Option<Decoded<'a>>, buf: &'a [u8], name: &'static [u8]| {
+        let bytes = value.map_or(&b""[..], |v| v.bytes(buf));
+        std::str::from_utf8(bytes).map_err(|_| QueryError::NotUtf8(name))
+    };
+    let str = utf8(str, &scratch.str, b"str")?;
+    let chr = utf8(chr, &scratch.chr, b"chr")?
         .chars()
         .next()
         .unwrap_or(' ');
@@ -251,6 +325,24 @@ mod tests {
         assert!(decode("%4").is_err());
         assert!(decode("%").is_err());
         assert!(decode("ab%g1").is_err());
+    }
+
+    #[test]
+    fn pairs_split_on_ampersand_and_first_equals() {
+        let pairs: Vec<(&[u8], &[u8], bool, bool)> = Pairs(b"a=1&&b&c=x=%41&+=z&")
+            .map(|(k, v)| (k.bytes, v.bytes, k.escaped, v.escaped))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (&b"a"[..], &b"1"[..], false, false),
+                (b"b", b"", false, false),
+                (b"c", b"x=%41", false, true),
+                (b"+", b"z", true, false),
+            ]
+        );
+        assert_eq!(Pairs(b"").count(), 0);
+        assert_eq!(Pairs(b"&&&").count(), 0);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::worker::{self, DriverReport, Shared, WorkerSpec};
+use crate::runtime::DriverReport;
+use crate::worker::{self, Shared, WorkerSpec};
 
 /// Exit code for a failure at startup (a bad flag value is clap's 2).
 const EXIT_STARTUP: u8 = 1;

@@ -7,7 +7,6 @@
 //! once per tick and written once per connection, never per request.
 
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -22,13 +21,14 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::time::{timeout_at, Instant};
 use slab::Slab;
 
-use crate::config::{Config, Driver, UringSetup};
+use crate::config::Config;
 use crate::handler::App;
 use crate::http::conn::{Conn, Waiting, OUT_HIGH_WATER};
 use crate::http::date::HttpDate;
 use crate::http::request::Limits;
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::runtime::{DriverReport, Runtime};
 
 /// How often a worker refreshes its `Date` and looks for a shutdown request.
 const TICK: Duration = Duration::from_millis(50);
@@ -48,30 +48,6 @@ pub struct Shared {
     pub connections: AtomicUsize,
 }
 
-/// Which I/O driver a worker got, for the startup summary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DriverReport {
-    IoUring(UringSetup),
-    /// epoll, with the reason io_uring was not used when it was not asked for.
-    Epoll(Option<String>),
-}
-
-impl std::fmt::Display for DriverReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DriverReport::IoUring(UringSetup::Defer) => {
-                f.write_str("io_uring (single_issuer+defer_taskrun)")
-            }
-            DriverReport::IoUring(UringSetup::Coop) => {
-                f.write_str("io_uring (coop_taskrun+taskrun_flag)")
-            }
-            DriverReport::IoUring(UringSetup::Plain) => f.write_str("io_uring"),
-            DriverReport::Epoll(None) => f.write_str("epoll"),
-            DriverReport::Epoll(Some(why)) => write!(f, "epoll (io_uring unavailable: {why})"),
-        }
-    }
-}
-
 /// Everything a worker thread is started with.
 pub struct WorkerSpec {
     pub id: usize,
@@ -87,72 +63,15 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverReport,
     if let Some(cpu) = spec.cpu {
         core_affinity::set_for_current(cpu);
     }
-    let want_uring = spec.config.driver != Driver::Epoll;
-    let setup = spec.config.uring_setup;
-    let uring = if want_uring {
-        Some(build_uring(setup))
-    } else {
-        None
-    };
-    match uring {
-        Some(Ok((mut runtime, setup))) => {
-            let _ = ready.send(Ok(DriverReport::IoUring(setup)));
+    match Runtime::build(spec.config.driver, spec.config.uring_setup) {
+        Ok(mut runtime) => {
+            let _ = ready.send(Ok(runtime.report()));
             runtime.block_on(serve(spec));
         }
-        Some(Err(e)) if spec.config.driver == Driver::IoUring => {
-            let _ = ready.send(Err(format!(
-                "cannot set up io_uring: {e} (use --driver auto or --driver epoll)"
-            )));
-        }
-        _ => {
-            let reason = uring.and_then(|r| r.err()).map(|e| e.to_string());
-            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .enable_timer()
-                .build()
-            {
-                Ok(mut runtime) => {
-                    let _ = ready.send(Ok(DriverReport::Epoll(reason)));
-                    runtime.block_on(serve(spec));
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(format!("cannot set up epoll: {e}")));
-                }
-            }
+        Err(message) => {
+            let _ = ready.send(Err(message));
         }
     }
-}
-
-type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
-
-/// Builds an io_uring runtime with the wanted setup flags, retrying with fewer flags on
-/// kernels that do not know them.
-fn build_uring(wanted: UringSetup) -> io::Result<(UringRuntime, UringSetup)> {
-    let mut last_error = None;
-    for setup in [UringSetup::Defer, UringSetup::Coop, UringSetup::Plain] {
-        if (setup as u8) < (wanted as u8) {
-            continue;
-        }
-        let mut builder = io_uring::IoUring::builder();
-        match setup {
-            UringSetup::Defer => {
-                builder.setup_single_issuer().setup_defer_taskrun();
-            }
-            UringSetup::Coop => {
-                builder.setup_coop_taskrun().setup_taskrun_flag();
-            }
-            UringSetup::Plain => {}
-        }
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .uring_builder(builder)
-            .with_entries(1024)
-            .enable_timer()
-            .build()
-        {
-            Ok(runtime) => return Ok((runtime, setup)),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| io::Error::other("no io_uring setup tried")))
 }
 
 /// A worker's own state, shared by its tasks (one thread: `Rc`, `Cell`, `RefCell`).

@@ -64,6 +64,10 @@ impl<'a> Response<'a> {
     ) {
         self.status = status;
         let out = &mut *self.out;
+        // One capacity check for the whole response (the head is under 200 bytes plus
+        // the variable parts); the appends below then never reallocate.
+        let body = if self.head_only { 0 } else { body_len };
+        out.reserve(200 + content_type.len() + extra_headers.len() + body);
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.line());
         out.extend_from_slice(b"\r\nServer: leftpad\r\nDate: ");

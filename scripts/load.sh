@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One wrk load run against one server, each pinned to its own CPU, loopback only.
+#
+#   scripts/load.sh [-c CONNS] [-d SECONDS] [-t THREADS] [-p PIPELINE] [-u PATH]
+#                   [-s leftpad|floor|nginx] [-o RAW_OUTPUT_FILE] [-- EXTRA SERVER ARGS]
+#
+# Starts the server on CPU 0 (taskset), wrk on CPU 1, prints one line:
+#   server=... conns=... pipeline=... rps=... p50_us=... p90_us=... p99_us=... max_us=...
+#   errors=... requests=... cpu_us_per_req=...
+# cpu_us_per_req is the server's utime+stime (from /proc/PID/stat, all threads) over the
+# run divided by the requests wrk completed. Everything stops by itself: wrk runs for -d
+# seconds and the server is killed by PID afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+conns=64 duration=10 threads=1 pipeline=1 path='/v1/leftpad/?str=test&len=50&chr=*'
+server=leftpad out='' server_cpu=${SERVER_CPU:-0} load_cpu=${LOAD_CPU:-1}
+while getopts "c:d:t:p:u:s:o:" opt; do
+  case $opt in
+    c) conns=$OPTARG ;; d) duration=$OPTARG ;; t) threads=$OPTARG ;; p) pipeline=$OPTARG ;;
+    u) path=$OPTARG ;; s) server=$OPTARG ;; o) out=$OPTARG ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+extra=("$@")
+
+for tool in wrk taskset curl; do
+  command -v "$tool" >/dev/null || { echo "load.sh: $tool is not installed (apt-get install wrk util-linux curl)" >&2; exit 1; }
+done
+
+port=$((20000 + RANDOM % 20000))
+addr="127.0.0.1:$port"
+workdir=$(mktemp -d)
+cleanup() {
+  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+case $server in
+  leftpad)
+    [ -x target/release/leftpad ] || cargo build --release --quiet
+    taskset -c "$server_cpu" target/release/leftpad --listen "$addr" --workers 1 "${extra[@]}" 2>"$workdir/server.log" &
+    ;;
+  floor)
+    [ -x target/release/examples/floor ] || cargo build --release --quiet --example floor
+    taskset -c "$server_cpu" target/release/examples/floor --listen "$addr" --workers 1 "${extra[@]}" 2>"$workdir/server.log" &
+    ;;
+  nginx)
+    scripts/nginx-floor.sh "$port" "$workdir" >"$workdir/nginx.conf"
+    taskset -c "$server_cpu" nginx -c "$workdir/nginx.conf" -p "$workdir" 2>"$workdir/server.log" &
+    ;;
+  *) echo "load.sh: unknown server '$server' (leftpad, floor or nginx)" >&2; exit 2 ;;
+esac
+pid=$!
+
+for _ in $(seq 100); do
+  curl -fs -o /dev/null "http://$addr$path" && break
+  sleep 0.05
+done
+curl -fs -o /dev/null "http://$addr$path" || { echo "load.sh: $server did not start:" >&2; cat "$workdir/server.log" >&2; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+cat >"$workdir/pipeline.lua" <<LUA
+init = function(args)
+  local depth = tonumber(args[1]) or 1
+  local one = wrk.format(nil)
+  req = string.rep(one, depth)
+end
+request = function() return req end
+LUA
+
+before=$(cpu_ticks)
+taskset -c "$load_cpu" wrk -t"$threads" -c"$conns" -d"${duration}s" --latency \
+  -s "$workdir/pipeline.lua" "http://$addr$path" -- "$pipeline" >"$workdir/wrk.txt" 2>&1
+after=$(cpu_ticks)
+[ -n "$out" ] && cp "$workdir/wrk.txt" "$out"
+
+hz=$(getconf CLK_TCK)
+awk -v server="$server" -v conns="$conns" -v pipeline="$pipeline" -v ticks=$((after - before)) -v hz="$hz" '
+  function us(v) {
+    if (v ~ /us$/) return v + 0;
+    if (v ~ /ms$/) return v * 1000;
+    if (v ~ /s$/) return v * 1000000;
+    return v;
+  }
+  /^ +50%/ { p50 = us($2) } /^ +90%/ { p90 = us($2) } /^ +99%/ { p99 = us($2) }
+  /^ +Latency +[0-9]/ { max = us($4) }
+  / requests in / { requests = $1 }
+  /Requests\/sec:/ { rps = $2 }
+  /Socket errors:|Non-2xx/ { errors = errors $0 }
+  END {
+    cpu = requests > 0 ? ticks / hz * 1e6 / requests : 0;
+    gsub(/ +/, " ", errors);
+    printf "server=%s conns=%s pipeline=%s rps=%.0f p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f requests=%s cpu_us_per_req=%.3f errors=\"%s\"\n",
+      server, conns, pipeline, rps, p50, p90, p99, max, requests, cpu, errors
+  }' "$workdir/wrk.txt"

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison, alternating servers (A B C A B C ...) so drift and noise
+# hit all of them alike; prints medians and ratios to the first server.
+#
+#   scripts/compare.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [-p "1 16"] [-o DIR] [SERVER ...]
+#
+# SERVER is leftpad, floor or nginx, optionally with an io_uring setup for the first two
+# (leftpad@coop, floor@plain). Default: leftpad floor nginx (nginx skipped if missing).
+# Raw wrk outputs and the summary go to DIR (default bench-results/runs/<date>-<commit>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3 duration=10 conns=64 pipelines="1 16" outdir=''
+while getopts "r:d:c:p:o:" opt; do
+  case $opt in
+    r) rounds=$OPTARG ;; d) duration=$OPTARG ;; c) conns=$OPTARG ;; p) pipelines=$OPTARG ;;
+    o) outdir=$OPTARG ;; *) sed -n '2,11p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+servers=("$@")
+if [ ${#servers[@]} -eq 0 ]; then
+  servers=(leftpad floor)
+  if command -v nginx >/dev/null; then servers+=(nginx); else echo "compare.sh: nginx not installed, skipping it" >&2; fi
+fi
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain 2>/dev/null)" ] && commit="$commit-dirty"
+outdir=${outdir:-bench-results/runs/$(date -u +%Y-%m-%d)-$commit}
+mkdir -p "$outdir"
+cargo build --release --quiet --bin leftpad --example floor
+
+{
+  echo "# compare.sh $(date -u +%FT%TZ), commit $commit"
+  echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
+  echo "# rounds=$rounds duration=${duration}s conns=$conns pipelines=$pipelines; server on CPU 0, wrk -t1 on CPU 1"
+} | tee "$outdir/summary.txt"
+
+results="$outdir/results.txt"
+: >"$results"
+for pipeline in $pipelines; do
+  for round in $(seq "$rounds"); do
+    for spec in "${servers[@]}"; do
+      name=${spec%@*}
+      args=()
+      [ "$spec" != "$name" ] && args=(-- --uring-setup "${spec#*@}")
+      line=$(scripts/load.sh -s "$name" -c "$conns" -d "$duration" -p "$pipeline" \
+        -o "$outdir/wrk-$spec-p$pipeline-c$conns-r$round.txt" "${args[@]}")
+      echo "spec=$spec round=$round $line" | tee -a "$results"
+    done
+  done
+done
+
+echo | tee -a "$outdir/summary.txt"
+python3 - "$results" "${servers[@]}" <<'PY' | tee -a "$outdir/summary.txt"
+import re, statistics, sys
+path, servers = sys.argv[1], sys.argv[2:]
+rows = [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line)) for line in open(path)]
+print(f"{'server':<16}{'pipeline':>9}{'req/s':>12}{'p50 us':>9}{'p99 us':>9}{'CPU us/req':>12}{'ratio':>8}")
+for pipeline in sorted({r['pipeline'] for r in rows}, key=int):
+    base = None
+    for spec in servers:
+        sel = [r for r in rows if r['spec'] == spec and r['pipeline'] == pipeline]
+        med = lambda k: statistics.median(float(r[k]) for r in sel)
+        cpu = med('cpu_us_per_req')
+        base = base or cpu
+        # wrk's latency histogram is not meaningful with pipelining (it times batches).
+        lat = lambda k: f"{med(k):9.0f}" if pipeline == '1' else f"{'-':>9}"
+        print(f"{spec:<16}{pipeline:>9}{med('rps'):12.0f}{lat('p50_us')}{lat('p99_us')}{cpu:12.3f}{cpu / base:8.2f}")
+PY

@@ -80,6 +80,7 @@ fn leftpad_answer(target: &str) -> Vec<u8> {
     Conn::new().process(
         request.as_bytes(),
         &mut out,
+        &mut Vec::new(),
         &mut App::new(1024),
         &limits,
         date.as_bytes(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::accesslog::Target;
 use crate::http::request::{Limits, MAX_HEADERS_CAP};
+use crate::statsd;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -75,6 +77,43 @@ pub struct Config {
     #[arg(long, env = "LEFTPAD_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Access log: a file path (appended to; SIGHUP reopens it), `-` for standard output,
+    /// or `off`.
+    #[arg(long, env = "LEFTPAD_ACCESS_LOG", default_value = "-", value_parser = parse_access_log)]
+    pub access_log: ::std::option::Option<Target>,
+
+    /// Bytes of log lines a worker buffers before writing them out.
+    #[arg(long, env = "LEFTPAD_LOG_BUFFER", default_value_t = 65536,
+          value_parser = clap::value_parser!(u64).range(1024..=64 << 20))]
+    pub log_buffer: u64,
+
+    /// Milliseconds after which buffered log lines are written out anyway.
+    #[arg(long, env = "LEFTPAD_LOG_FLUSH_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub log_flush_ms: u64,
+
+    /// StatsD server (HOST:PORT, UDP), or `off`.
+    #[arg(long, env = "LEFTPAD_STATSD", default_value = "127.0.0.1:8125", value_parser = parse_statsd)]
+    pub statsd: ::std::option::Option<SocketAddr>,
+
+    /// Prefix of every metric name (`:`, `|`, `@` become `_`).
+    #[arg(long, env = "LEFTPAD_STATSD_PREFIX", default_value = "leftpad")]
+    pub statsd_prefix: String,
+
+    /// Fraction of metric events sent (0 < rate <= 1); kept lines carry `|@rate`.
+    #[arg(long, env = "LEFTPAD_STATSD_SAMPLE_RATE", default_value_t = 0.5, value_parser = parse_rate)]
+    pub statsd_sample_rate: f64,
+
+    /// Largest StatsD datagram, in bytes (lines are joined with newlines up to this).
+    #[arg(long, env = "LEFTPAD_STATSD_MAX_PACKET", default_value_t = 1432,
+          value_parser = clap::value_parser!(u64).range(64..=65507))]
+    pub statsd_max_packet: u64,
+
+    /// Milliseconds after which a partly filled StatsD datagram is sent anyway.
+    #[arg(long, env = "LEFTPAD_STATSD_FLUSH_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub statsd_flush_ms: u64,
+
     /// io_uring setup flags (for benchmarking the choice; see ARCHITECTURE.md).
     #[arg(long, env = "LEFTPAD_URING_SETUP", value_enum, default_value_t = UringSetup::Defer, hide = true)]
     pub uring_setup: UringSetup,
@@ -100,6 +139,16 @@ pub enum UringSetup {
 }
 
 impl Config {
+    /// The StatsD settings, or `None` when StatsD is off.
+    pub fn statsd(&self) -> Option<statsd::Settings> {
+        self.statsd.map(|addr| statsd::Settings {
+            addr,
+            prefix: self.statsd_prefix.clone(),
+            sample_rate: self.statsd_sample_rate,
+            max_packet: self.statsd_max_packet as usize,
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_head_size: self.max_head_size as usize,
@@ -117,6 +166,33 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| format!("'{text}' resolves to no address: {hint}"))
+}
+
+fn parse_access_log(text: &str) -> Result<Option<Target>, String> {
+    match text {
+        "off" => Ok(None),
+        "-" => Ok(Some(Target::Stdout)),
+        "" => Err("expected a file path, - for standard output, or off".into()),
+        path => Ok(Some(Target::File(path.into()))),
+    }
+}
+
+fn parse_statsd(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    parse_addr(text)
+        .map(Some)
+        .map_err(|e| format!("{e}, or off to send no metrics"))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 1.0 => Ok(rate),
+        _ => Err(format!(
+            "'{text}' is not a rate: use a number above 0 and at most 1, such as 0.5"
+        )),
+    }
 }
 
 /// A duration: plain seconds (`10`, `0.5`) or a number with a unit (`ms`, `s`, `m`, `h`).
@@ -187,6 +263,27 @@ mod tests {
         assert!(err.to_string().contains("--idle-timeout"));
         let err = Config::try_parse_from(["leftpad", "--listen", "nonsense"]).unwrap_err();
         assert!(err.to_string().contains("--listen"));
+    }
+
+    #[test]
+    fn log_and_statsd_settings() {
+        let c = Config::try_parse_from(["leftpad"]).unwrap();
+        assert_eq!(c.access_log, Some(Target::Stdout));
+        assert_eq!(c.statsd, Some("127.0.0.1:8125".parse().unwrap()));
+        assert_eq!(c.statsd_sample_rate, 0.5);
+        let c =
+            Config::try_parse_from(["leftpad", "--access-log", "off", "--statsd", "off"]).unwrap();
+        assert_eq!((c.access_log, c.statsd), (None, None));
+        let c = Config::try_parse_from(["leftpad", "--access-log", "/tmp/x.log"]).unwrap();
+        assert_eq!(c.access_log, Some(Target::File("/tmp/x.log".into())));
+        for (flag, bad) in [
+            ("--statsd-sample-rate", "0"),
+            ("--statsd-sample-rate", "1.5"),
+            ("--statsd", "nowhere"),
+        ] {
+            let err = Config::try_parse_from(["leftpad", flag, bad]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]

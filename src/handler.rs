@@ -12,6 +12,17 @@ use crate::json::{self, EscapedChar};
 use crate::{leftpad, query};
 
 const ALLOW: &[u8] = b"Allow: GET, HEAD\r\n";
+const NOT_FOUND: &str =
+    "not found: the API is GET /v1/leftpad/ with query parameters str, len and chr";
+
+/// What the handler did, beyond the status, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// The request went to `/v1/leftpad` (whatever its answer).
+    pub leftpad: bool,
+    /// For a padded answer: the length of `str` in characters.
+    pub str_chars: Option<u32>,
+}
 
 /// The application: one per worker.
 pub struct App {
@@ -29,39 +40,50 @@ impl App {
         }
     }
 
-    pub fn handle(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
-        let route =
-            match req.path {
-                b"/v1/leftpad/" | b"/v1/leftpad" => Route::Leftpad,
-                b"/healthz" => Route::Healthz,
-                _ => return res.error(
-                    Status::NOT_FOUND,
-                    "not found: the API is GET /v1/leftpad/ with query parameters str, len and chr",
-                    b"",
-                ),
-            };
+    pub fn handle(&mut self, req: &Request<'_>, res: &mut Response<'_>) -> Handled {
+        let route = match req.path {
+            b"/v1/leftpad/" | b"/v1/leftpad" => Route::Leftpad,
+            b"/healthz" => Route::Healthz,
+            _ => {
+                res.error(Status::NOT_FOUND, NOT_FOUND, b"");
+                return Handled::default();
+            }
+        };
+        let leftpad = route == Route::Leftpad;
         if req.method == Method::Other {
-            return res.error(
+            res.error(
                 Status::METHOD_NOT_ALLOWED,
                 "method not allowed: use GET or HEAD",
                 ALLOW,
             );
+            return Handled {
+                leftpad,
+                str_chars: None,
+            };
         }
         match route {
-            Route::Leftpad => self.leftpad(req.query, res),
-            Route::Healthz => res.send(Status::OK, TEXT, b"", 3, |out| {
-                out.extend_from_slice(b"ok\n")
-            }),
+            Route::Leftpad => Handled {
+                leftpad,
+                str_chars: self.leftpad(req.query, res),
+            },
+            Route::Healthz => {
+                res.send(Status::OK, TEXT, b"", 3, |out| {
+                    out.extend_from_slice(b"ok\n")
+                });
+                Handled::default()
+            }
         }
     }
 
-    fn leftpad(&mut self, query: &[u8], res: &mut Response<'_>) {
+    /// Answers a leftpad query; returns the length of `str` in characters when it padded.
+    fn leftpad(&mut self, query: &[u8], res: &mut Response<'_>) -> Option<u32> {
         match query::parse(query, self.max_len, &mut self.scratch) {
             Ok(params) => {
                 const OPEN: &[u8] = b"{\"str\":\"";
                 const CLOSE: &[u8] = b"\"}\n";
                 let pad = EscapedChar::new(params.chr);
-                let count = leftpad::pad_count(params.str, params.len);
+                let str_chars = params.str.chars().count();
+                let count = leftpad::pad_count_for(str_chars, params.len);
                 let body_len = OPEN.len()
                     + pad.as_bytes().len() * count
                     + json::escaped_len(params.str)
@@ -72,17 +94,20 @@ impl App {
                     json::write_escaped(out, params.str);
                     out.extend_from_slice(CLOSE);
                 });
+                Some(u32::try_from(str_chars).unwrap_or(u32::MAX))
             }
             Err(e) => {
                 self.message.clear();
                 // Writing into a String cannot fail.
                 let _ = write!(self.message, "{e}");
                 res.error(Status::BAD_REQUEST, &self.message, b"");
+                None
             }
         }
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Leftpad,
     Healthz,
@@ -109,7 +134,7 @@ mod tests {
         let mut out = Vec::new();
         let head_only = request.method == Method::Head;
         let mut res = Response::new(&mut out, DATE, head_only, Connection::Default);
-        App::new(1024).handle(&request, &mut res);
+        let _ = App::new(1024).handle(&request, &mut res);
         let status = res.status().0;
         let text = String::from_utf8(out).unwrap();
         let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();

@@ -3,7 +3,11 @@
 /// How many copies of the pad character bring `s` up to `len` characters.
 /// A `len` that is negative or not above the length of `s` needs none.
 pub fn pad_count(s: &str, len: i64) -> usize {
-    let have = s.chars().count();
+    pad_count_for(s.chars().count(), len)
+}
+
+/// [`pad_count`] for a string already known to be `have` characters long.
+pub fn pad_count_for(have: usize, len: i64) -> usize {
     match usize::try_from(len) {
         Ok(want) if want > have => want - have,
         _ => 0,

@@ -9,6 +9,7 @@
 //!
 //! See ARCHITECTURE.md for the path of a request and the invariants.
 
+pub mod accesslog;
 pub mod config;
 pub mod handler;
 pub mod http;
@@ -17,4 +18,6 @@ pub mod leftpad;
 pub mod query;
 pub mod runtime;
 pub mod server;
+pub mod statsd;
+pub mod telemetry;
 pub mod worker;

@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::accesslog::{LogStats, Writer};
 use crate::config::Config;
 use crate::runtime::DriverReport;
 use crate::worker::{self, Shared, WorkerSpec};
@@ -43,24 +44,57 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
 
+    // Opened here so a bad path stops the server before anything starts.
+    let log_file = match &config.access_log {
+        Some(target) => Some(
+            target
+                .open()
+                .map_err(|e| format!("cannot open --access-log {target}: {e}"))?,
+        ),
+        None => None,
+    };
+
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
     let (events, events_rx) = mpsc::channel();
     // Registered before any worker starts, so no signal is missed or fatal.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let log_warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let (ready, ready_rx) = mpsc::channel();
     let mut pinned = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
         let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         pinned.extend(cpu.map(|c| c.id));
+        let log = match (&config.access_log, &log_file) {
+            (Some(target), Some(file)) => {
+                let file = file
+                    .try_clone()
+                    .map_err(|e| format!("cannot open --access-log {target}: {e}"))?;
+                let stats = Arc::new(LogStats::default());
+                let threshold = config.log_buffer as usize;
+                Some(
+                    Writer::start(
+                        target.clone(),
+                        file,
+                        threshold,
+                        cpu,
+                        stats,
+                        log_warned.clone(),
+                    )
+                    .map_err(|e| format!("cannot start the log writer thread: {e}"))?,
+                )
+            }
+            _ => None,
+        };
         let spec = WorkerSpec {
             id,
             cpu,
             listener,
             config: config.clone(),
             shared: shared.clone(),
+            log,
         };
         let ready = ready.clone();
         let events = events.clone();
@@ -119,6 +153,9 @@ fn wait_for_exit(
                 .ok(),
         };
         match event {
+            Some(Event::Signal(SIGHUP)) => {
+                shared.reopen_log.fetch_add(1, Ordering::Relaxed);
+            }
             Some(Event::Signal(_)) if deadline.is_some() => {
                 eprintln!("leftpad: second signal: exiting now");
                 return Ok(ExitCode::from(EXIT_STARTUP));
@@ -183,9 +220,20 @@ fn summary(
             .collect();
         each.join("; ")
     };
+    let log = match &config.access_log {
+        Some(target) => format!("access log {target}"),
+        None => "access log off".to_owned(),
+    };
+    let statsd = match config.statsd() {
+        Some(s) => format!(
+            "statsd {} (prefix {}, sample rate {})",
+            s.addr, s.prefix, s.sample_rate
+        ),
+        None => "statsd off".to_owned(),
+    };
     format!(
         "leftpad {}: listening on http://{local}, {workers} worker(s) {cpus}, driver {driver}, \
-         max-len {}, max-connections {}",
+         {log}, {statsd}, max-len {}, max-connections {}",
         env!("CARGO_PKG_VERSION"),
         config.max_len,
         config.max_connections,

@@ -7,11 +7,12 @@
 //! once per tick and written once per connection, never per request.
 
 use std::cell::{Cell, RefCell};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,14 +22,17 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::time::{timeout_at, Instant};
 use slab::Slab;
 
+use crate::accesslog::{AccessLog, Writer};
 use crate::config::Config;
-use crate::handler::App;
-use crate::http::conn::{Conn, Waiting, OUT_HIGH_WATER};
+use crate::handler::{App, Handled};
+use crate::http::conn::{Conn, Record, Span, Waiting, OUT_HIGH_WATER};
 use crate::http::date::HttpDate;
 use crate::http::request::Limits;
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
 use crate::runtime::{DriverReport, Runtime};
+use crate::statsd::{Client, Metrics};
+use crate::telemetry::Telemetry;
 
 /// How often a worker refreshes its `Date` and looks for a shutdown request.
 const TICK: Duration = Duration::from_millis(50);
@@ -46,6 +50,8 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// Open connections in the whole process (for `--max-connections`).
     pub connections: AtomicUsize,
+    /// Bumped on SIGHUP: each worker reopens its access log when it sees a new value.
+    pub reopen_log: AtomicU64,
 }
 
 /// Everything a worker thread is started with.
@@ -55,22 +61,30 @@ pub struct WorkerSpec {
     pub listener: std::net::TcpListener,
     pub config: Arc<Config>,
     pub shared: Arc<Shared>,
+    /// The worker's access-log buffer and the writer thread behind it (None: log off).
+    pub log: Option<(AccessLog, Writer)>,
 }
 
 /// The worker thread's body: pin, build the runtime, report the driver, serve until
 /// shutdown. `ready` gets the driver, or the reason the runtime could not be built.
-pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverReport, String>>) {
+pub fn run(mut spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverReport, String>>) {
     if let Some(cpu) = spec.cpu {
         core_affinity::set_for_current(cpu);
     }
+    let (log, writer) = spec.log.take().unzip();
     match Runtime::build(spec.config.driver, spec.config.uring_setup) {
         Ok(mut runtime) => {
             let _ = ready.send(Ok(runtime.report()));
-            runtime.block_on(serve(spec));
+            runtime.block_on(serve(spec, log));
         }
         Err(message) => {
             let _ = ready.send(Err(message));
         }
+    }
+    // Its AccessLog is gone (shipped and dropped at the end of `serve`): the writer has
+    // the last lines and stops once they are written.
+    if let Some(writer) = writer {
+        writer.join();
     }
 }
 
@@ -82,6 +96,7 @@ struct Worker {
     listener_fd: RawFd,
     date: RefCell<HttpDate>,
     app: RefCell<App>,
+    telemetry: RefCell<Telemetry>,
     /// Open connections: their fds, and whether each waits idle between requests.
     conns: RefCell<Slab<ConnSlot>>,
     draining: Cell<bool>,
@@ -92,7 +107,7 @@ struct ConnSlot {
     idle: bool,
 }
 
-async fn serve(spec: WorkerSpec) {
+async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
     let listener = match TcpListener::from_std(spec.listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -100,9 +115,23 @@ async fn serve(spec: WorkerSpec) {
             return;
         }
     };
+    let metrics = spec
+        .config
+        .statsd()
+        .and_then(|settings| match Client::connect(settings.addr) {
+            Ok(client) => Some((Metrics::new(&settings, seed(spec.id)), client)),
+            Err(e) => {
+                eprintln!(
+                    "leftpad: worker {}: StatsD off: cannot open a UDP socket to {}: {e}",
+                    spec.id, settings.addr
+                );
+                None
+            }
+        });
     let worker = Rc::new(Worker {
         limits: spec.config.limits(),
         app: RefCell::new(App::new(spec.config.max_len)),
+        telemetry: RefCell::new(Telemetry::new(log, metrics)),
         config: spec.config,
         shared: spec.shared,
         listener_fd: listener.as_raw_fd(),
@@ -114,14 +143,45 @@ async fn serve(spec: WorkerSpec) {
     accept_loop(&worker, &listener).await;
     drop(listener);
     drain(&worker).await;
+    // Every answered request's line is in the log buffer: hand it all to the writer.
+    drop(worker.telemetry.borrow_mut().finish());
 }
 
-/// Refreshes the `Date` header and turns a shutdown request into draining.
+/// A different sampling sequence per worker and per run.
+fn seed(worker_id: usize) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (worker_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The worker's clock: refreshes the `Date` header, flushes the log and metrics on their
+/// intervals, reopens the log on SIGHUP, and turns a shutdown request into draining.
 async fn tick(worker: Rc<Worker>) {
-    let mut interval = monoio::time::interval(TICK);
+    let config = &*worker.config;
+    let log_every = Duration::from_millis(config.log_flush_ms);
+    let metrics_every = Duration::from_millis(config.statsd_flush_ms);
+    let mut interval = monoio::time::interval(TICK.min(log_every).min(metrics_every));
+    let (mut log_flushed, mut metrics_flushed) = (Instant::now(), Instant::now());
+    let mut reopen_seen = worker.shared.reopen_log.load(Ordering::Relaxed);
     loop {
         interval.tick().await;
+        let now = Instant::now();
         worker.date.borrow_mut().update(SystemTime::now());
+        let flush_log = now - log_flushed >= log_every;
+        let flush_metrics = now - metrics_flushed >= metrics_every;
+        log_flushed = if flush_log { now } else { log_flushed };
+        metrics_flushed = if flush_metrics { now } else { metrics_flushed };
+        let mut telemetry = worker.telemetry.borrow_mut();
+        telemetry.tick(now.into_std(), flush_log, flush_metrics);
+        let reopen = worker.shared.reopen_log.load(Ordering::Relaxed);
+        if reopen != reopen_seen {
+            reopen_seen = reopen;
+            if let Some(log) = &mut telemetry.log {
+                log.reopen();
+            }
+        }
+        drop(telemetry);
         if !worker.draining.get() && worker.shared.shutdown.load(Ordering::Relaxed) {
             worker.begin_drain();
         }
@@ -153,6 +213,19 @@ impl Worker {
         true
     }
 
+    /// Logs and counts an answer given without a parsed request (503, 408).
+    fn record_unparsed(&self, status: Status, peer: &PeerText) {
+        let mut telemetry = self.telemetry.borrow_mut();
+        telemetry.records.push(Record {
+            target: Span::default(),
+            user_agent: Span::default(),
+            status,
+            handled: Handled::default(),
+        });
+        let now = std::time::Instant::now();
+        telemetry.record_batch(b"", peer.as_bytes(), Duration::ZERO, now);
+    }
+
     fn set_idle(&self, key: usize, idle: bool) {
         if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
             slot.idle = idle;
@@ -181,6 +254,7 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
             Ok((stream, peer)) => {
                 if !worker.admit() {
                     refuse(worker, &stream);
+                    worker.record_unparsed(Status::SERVICE_UNAVAILABLE, &PeerText::new(peer));
                     continue;
                 }
                 let key = worker.conns.borrow_mut().insert(ConnSlot {
@@ -254,11 +328,33 @@ enum End {
     HeadTimeout,
 }
 
-async fn serve_connection(reg: Registration, mut stream: TcpStream, _peer: SocketAddr) {
+/// A peer address as the access log writes it (`ip:port`), formatted once per connection.
+struct PeerText {
+    text: [u8; 64],
+    len: usize,
+}
+
+impl PeerText {
+    fn new(peer: SocketAddr) -> PeerText {
+        let mut text = [0u8; 64];
+        let mut cursor = &mut text[..];
+        // The longest socket address text (IPv6 with scope id and port) fits in 64 bytes.
+        let _ = write!(cursor, "{peer}");
+        let len = 64 - cursor.len();
+        PeerText { text, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+}
+
+async fn serve_connection(reg: Registration, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let peer = PeerText::new(peer);
     let mut input = Vec::with_capacity(READ_BUF);
     let mut output = Vec::with_capacity(WRITE_BUF);
-    let end = connection_loop(&reg, &mut stream, &mut input, &mut output).await;
+    let end = connection_loop(&reg, &peer, &mut stream, &mut input, &mut output).await;
     match end {
         End::Gone => {}
         End::Close => linger(&mut stream).await,
@@ -270,6 +366,7 @@ async fn serve_connection(reg: Registration, mut stream: TcpStream, _peer: Socke
                 "request head not received in time",
                 b"",
             );
+            reg.worker.record_unparsed(Status::REQUEST_TIMEOUT, &peer);
             let deadline = Instant::now() + Duration::from_secs(1);
             let _ = timeout_at(deadline, stream.write_all(output)).await;
         }
@@ -278,6 +375,7 @@ async fn serve_connection(reg: Registration, mut stream: TcpStream, _peer: Socke
 
 async fn connection_loop(
     reg: &Registration,
+    peer: &PeerText,
     stream: &mut TcpStream,
     input: &mut Vec<u8>,
     output: &mut Vec<u8>,
@@ -286,19 +384,28 @@ async fn connection_loop(
     let config = &*worker.config;
     let mut conn = Conn::new();
     let mut head_deadline: Option<Instant> = None;
+    let mut read_at = Instant::now();
     loop {
         let mut more_buffered = false;
         if !input.is_empty() {
             let date = *worker.date.borrow().as_bytes();
             let mut app = worker.app.borrow_mut();
+            let mut telemetry = worker.telemetry.borrow_mut();
+            let telemetry = &mut *telemetry;
             // The core is pure and should never panic; if it does, only this connection
             // ends, not the worker and its other clients.
             let progress = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                conn.process(input, output, &mut app, &worker.limits, &date)
+                let records = &mut telemetry.records;
+                conn.process(input, output, records, &mut app, &worker.limits, &date)
             })) {
                 Ok(progress) => progress,
-                Err(_) => return End::Gone,
+                Err(_) => {
+                    telemetry.records.clear();
+                    return End::Gone;
+                }
             };
+            let now = Instant::now();
+            telemetry.record_batch(input, peer.as_bytes(), now - read_at, now.into_std());
             input.drain(..progress.consumed);
             more_buffered = output.len() >= OUT_HIGH_WATER;
         }
@@ -341,7 +448,10 @@ async fn connection_loop(
             worker.set_idle(reg.key, false);
         }
         match read {
-            Ok((Ok(n), buf)) if n > 0 => *input = buf.into_inner(),
+            Ok((Ok(n), buf)) if n > 0 => {
+                *input = buf.into_inner();
+                read_at = Instant::now();
+            }
             Ok(_) => return End::Gone,
             Err(_) if waiting == Waiting::Head => return End::HeadTimeout,
             Err(_) => return End::Gone,

@@ -1,5 +1,6 @@
 //! The steady-state request path allocates nothing (SPEC §1): request bytes in, through
-//! parsing, routing and the handler, to response bytes out.
+//! parsing, routing and the handler, to response bytes out, an access-log line (shipped
+//! to a real writer thread and file) and StatsD lines (sent over a real UDP socket).
 //!
 //! A counting global allocator counts this thread's allocations while the path runs; the
 //! path is warmed up first so reusable buffers have reached their working size.
@@ -7,9 +8,17 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use std::net::UdpSocket;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leftpad::accesslog::{LogStats, Target, Writer};
 use leftpad::handler::App;
 use leftpad::http::conn::{Conn, Waiting};
 use leftpad::http::request::Limits;
+use leftpad::statsd::{Client, Metrics, Settings};
+use leftpad::telemetry::Telemetry;
 
 struct Counting;
 
@@ -94,55 +103,121 @@ const CLOSING: [&str; 5] = [
     "GET / HTTP/1.1\r\n\r\n",
 ];
 
+/// One worker's request path, as the worker runs it, minus the socket I/O.
+struct RequestPath {
+    app: App,
+    out: Vec<u8>,
+    telemetry: Telemetry,
+}
+
+impl RequestPath {
+    /// Answers `input` on `conn`, then logs and counts the answers; returns how many.
+    fn answer(&mut self, conn: &mut Conn, input: &[u8]) -> u32 {
+        self.out.clear();
+        let start = Instant::now();
+        let records = &mut self.telemetry.records;
+        let progress = conn.process(input, &mut self.out, records, &mut self.app, &LIMITS, DATE);
+        assert_eq!(progress.consumed, input.len());
+        self.telemetry
+            .record_batch(input, b"127.0.0.1:40000", start.elapsed(), Instant::now());
+        progress.answered
+    }
+}
+
 #[test]
 fn steady_state_request_path_does_not_allocate() {
+    let log_path =
+        std::env::temp_dir().join(format!("leftpad-zero-alloc-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let target = Target::File(log_path.clone());
+    let log_stats = Arc::new(LogStats::default());
+    // A small buffer so the measured rounds ship many batches to the writer.
+    let (log, writer) = Writer::start(
+        target.clone(),
+        target.open().unwrap(),
+        4096,
+        None,
+        log_stats.clone(),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+
+    let statsd = UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let settings = Settings {
+        addr: statsd.local_addr().unwrap(),
+        prefix: "leftpad".into(),
+        sample_rate: 0.5,
+        max_packet: 1432,
+    };
+    let metrics = Metrics::new(&settings, 42);
+    let client = Client::connect(settings.addr).unwrap();
+    let received = std::thread::spawn(move || {
+        let (mut packets, mut buf) = (0u64, [0u8; 2048]);
+        while statsd.recv(&mut buf).is_ok() {
+            packets += 1;
+        }
+        packets
+    });
+
+    let mut path = RequestPath {
+        app: App::new(1024),
+        out: Vec::new(),
+        telemetry: Telemetry::new(Some(log), Some((metrics, client))),
+    };
     let batch = keep_alive_batch();
     let per_batch = 13;
-    let mut app = App::new(1024);
     let mut conn = Conn::new();
-    let mut out = Vec::new();
-
-    let run_batch = |app: &mut App, conn: &mut Conn, out: &mut Vec<u8>| {
-        out.clear();
-        let progress = conn.process(&batch, out, app, &LIMITS, DATE);
-        assert_eq!(progress.consumed, batch.len());
-        assert_eq!(progress.answered, per_batch);
+    let mut round = |path: &mut RequestPath, conn: &mut Conn| {
+        assert_eq!(path.answer(conn, &batch), per_batch);
         assert_eq!(conn.waiting(0), Waiting::Idle);
-    };
-    let run_closing = |app: &mut App, out: &mut Vec<u8>| {
         for raw in CLOSING {
-            out.clear();
-            let mut conn = Conn::new();
-            let progress = conn.process(raw.as_bytes(), out, app, &LIMITS, DATE);
-            assert_eq!(progress.answered, 1);
-            assert_eq!(conn.waiting(0), Waiting::Done);
+            let mut closing = Conn::new();
+            assert_eq!(path.answer(&mut closing, raw.as_bytes()), 1);
+            assert_eq!(closing.waiting(0), Waiting::Done);
         }
     };
 
-    // Warm-up: buffers grow to their working size.
-    for _ in 0..3 {
-        run_batch(&mut app, &mut conn, &mut out);
-        run_closing(&mut app, &mut out);
+    // Warm-up: buffers grow to their working size, log buffers start circulating.
+    for _ in 0..50 {
+        round(&mut path, &mut conn);
     }
 
     const ROUNDS: u64 = 1000;
     let allocations = allocations_in(|| {
         for _ in 0..ROUNDS {
-            run_batch(&mut app, &mut conn, &mut out);
-            run_closing(&mut app, &mut out);
+            round(&mut path, &mut conn);
         }
     });
-    let requests = ROUNDS * (u64::from(per_batch) + CLOSING.len() as u64);
+    let requests = (ROUNDS + 50) * (u64::from(per_batch) + CLOSING.len() as u64);
     assert_eq!(
         allocations, 0,
-        "{allocations} allocations over {requests} requests"
+        "{allocations} allocations over {ROUNDS} rounds"
     );
+
+    // The path really logged and counted: every line reaches the file, packets the socket.
+    let (metrics, _) = path.telemetry.metrics.take().unwrap();
+    assert!(metrics.stats.packets > 100, "{:?}", metrics.stats);
+    drop(path.telemetry.finish());
+    writer.join();
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert_eq!(logged.lines().count() as u64, requests);
+    assert!(received.join().unwrap() > 100);
 
     // The counter does count: a fresh App allocates as it warms up.
     let cold = allocations_in(|| {
-        let mut cold_app = App::new(1024);
-        let mut cold_out = Vec::new();
-        Conn::new().process(&batch, &mut cold_out, &mut cold_app, &LIMITS, DATE);
+        let (mut cold_app, mut cold_out, mut records) = (App::new(1024), Vec::new(), Vec::new());
+        Conn::new().process(
+            &batch,
+            &mut cold_out,
+            &mut records,
+            &mut cold_app,
+            &LIMITS,
+            DATE,
+        );
     });
     assert!(cold > 0, "the counting allocator saw nothing");
 }

@@ -16,7 +16,8 @@
 
 use super::request::{self, Limits, Method, Parsed};
 use super::response::{Connection, Response};
-use crate::handler::App;
+use super::Status;
+use crate::handler::{App, Handled};
 
 /// Past this much output, `process` stops and lets the worker write before answering
 /// more pipelined requests, so the output buffer stays bounded whatever the input.
@@ -41,6 +42,44 @@ pub struct Progress {
     pub consumed: usize,
     /// Requests answered (responses appended to the output).
     pub answered: u32,
+}
+
+/// A run of bytes in the input given to [`Conn::process`] (empty: not known).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    /// The span of `part`, a subslice of `input` (an empty `part` may be any slice, such
+    /// as the `b""` of a missing header, and gives the empty span).
+    fn of(input: &[u8], part: &[u8]) -> Span {
+        if part.is_empty() {
+            return Span::default();
+        }
+        let start = (part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+        assert!(start + part.len() <= input.len(), "span outside its input");
+        Span {
+            start: start as u32,
+            len: part.len() as u32,
+        }
+    }
+
+    pub fn get(self, input: &[u8]) -> &[u8] {
+        let start = self.start as usize;
+        &input[start..start + self.len as usize]
+    }
+}
+
+/// One answered request, for the access log and the metrics. Spans point into the
+/// input the request was parsed from, which the worker keeps until it has logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub target: Span,
+    pub user_agent: Span,
+    pub status: Status,
+    pub handled: Handled,
 }
 
 /// What the worker should read next, for choosing a timeout.
@@ -68,12 +107,14 @@ impl Conn {
     }
 
     /// Answers the complete requests at the front of `input`, appending the responses to
-    /// `out`. Stops at a partial request, when `out` passes [`OUT_HIGH_WATER`], or when the
-    /// connection must close ([`Conn::waiting`] is then [`Waiting::Done`]).
+    /// `out` and one [`Record`] per answer to `records`. Stops at a partial request, when
+    /// `out` passes [`OUT_HIGH_WATER`], or when the connection must close
+    /// ([`Conn::waiting`] is then [`Waiting::Done`]).
     pub fn process(
         &mut self,
         input: &[u8],
         out: &mut Vec<u8>,
+        records: &mut Vec<Record>,
         app: &mut App,
         limits: &Limits,
         date: &[u8; 29],
@@ -106,6 +147,12 @@ impl Conn {
                         Parsed::Rejected(reject) => {
                             let mut res = Response::new(out, date, false, Connection::Close);
                             res.error(reject.status(), reject.message(), b"");
+                            records.push(Record {
+                                target: Span::default(),
+                                user_agent: Span::default(),
+                                status: reject.status(),
+                                handled: Handled::default(),
+                            });
                             answered += 1;
                             self.state = State::Closed;
                         }
@@ -122,7 +169,13 @@ impl Conn {
                             };
                             let head_only = request.method == Method::Head;
                             let mut res = Response::new(out, date, head_only, connection);
-                            app.handle(&request, &mut res);
+                            let handled = app.handle(&request, &mut res);
+                            records.push(Record {
+                                target: Span::of(input, request.target),
+                                user_agent: Span::of(input, request.user_agent),
+                                status: res.status(),
+                                handled,
+                            });
                             answered += 1;
                             self.state = match (close, request.body_len) {
                                 (true, _) => State::Closed,
@@ -168,10 +221,11 @@ mod tests {
         let mut conn = Conn::new();
         let mut app = App::new(1024);
         let (mut buf, mut out, mut answered) = (Vec::new(), Vec::new(), 0);
+        let mut records = Vec::new();
         for chunk in chunks {
             buf.extend_from_slice(chunk);
             loop {
-                let p = conn.process(&buf, &mut out, &mut app, &LIMITS, DATE);
+                let p = conn.process(&buf, &mut out, &mut records, &mut app, &LIMITS, DATE);
                 buf.drain(..p.consumed);
                 answered += p.answered;
                 if p.answered == 0 || conn.waiting(buf.len()) == Waiting::Done {
@@ -239,6 +293,46 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(statuses(&out), ["405", "200"]);
         assert!(out.contains("Allow: GET, HEAD\r\n"));
+    }
+
+    #[test]
+    fn records_describe_each_answer() {
+        let mut input = GET.to_vec();
+        input.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/8\r\n\r\n");
+        input.extend_from_slice(b"GET /v1/leftpad?len=q HTTP/1.1\r\nHost: x\r\n\r\n");
+        input.extend_from_slice(b"BAD\0\r\n\r\n");
+        let (mut out, mut records) = (Vec::new(), Vec::new());
+        let mut app = App::new(1024);
+        Conn::new().process(&input, &mut out, &mut records, &mut app, &LIMITS, DATE);
+        let summary: Vec<_> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.target.get(&input),
+                    r.user_agent.get(&input),
+                    r.status.0,
+                    r.handled,
+                )
+            })
+            .collect();
+        let leftpad = |str_chars| Handled {
+            leftpad: true,
+            str_chars,
+        };
+        assert_eq!(
+            summary,
+            [
+                (
+                    &b"/v1/leftpad/?str=ab&len=4&chr=*"[..],
+                    &b""[..],
+                    200,
+                    leftpad(Some(2))
+                ),
+                (b"/nope", b"curl/8", 404, Handled::default()),
+                (b"/v1/leftpad?len=q", b"", 400, leftpad(None)),
+                (b"", b"", 400, Handled::default()),
+            ]
+        );
     }
 
     #[test]
@@ -329,9 +423,10 @@ mod tests {
         let batch = one.repeat(200);
         let mut conn = Conn::new();
         let mut app = App::new(1024);
-        let mut out = Vec::new();
-        let p = conn.process(&batch, &mut out, &mut app, &LIMITS, DATE);
+        let (mut out, mut records) = (Vec::new(), Vec::new());
+        let p = conn.process(&batch, &mut out, &mut records, &mut app, &LIMITS, DATE);
         assert!(p.answered < 200 && p.consumed < batch.len());
+        assert_eq!(records.len(), p.answered as usize);
         assert!(out.len() < OUT_HIGH_WATER + 8 * 1024);
     }
 }

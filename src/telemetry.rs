@@ -1,0 +1,122 @@
+//! A worker's observability: after each batch of answers, one access-log line and the
+//! StatsD lines per answered request.
+//!
+//! The worker calls [`Telemetry::record_batch`] with the records [`Conn::process`] made,
+//! the input they point into, the peer and the batch's handling time. Handling time is
+//! measured per batch (from the read that brought the bytes to the end of processing), so
+//! requests pipelined in one read share it and the clock is read twice per read, not per
+//! request.
+//!
+//! [`Conn::process`]: crate::http::conn::Conn::process
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::accesslog::{AccessLog, Line, LineTime};
+use crate::http::conn::Record;
+use crate::statsd::{Client, Metrics};
+
+pub struct Telemetry {
+    pub log: Option<AccessLog>,
+    pub metrics: Option<(Metrics, Client)>,
+    /// Filled by `Conn::process`, emptied by `record_batch`; reused.
+    pub records: Vec<Record>,
+    time: LineTime,
+    clock: WallClock,
+}
+
+impl Telemetry {
+    pub fn new(log: Option<AccessLog>, metrics: Option<(Metrics, Client)>) -> Telemetry {
+        Telemetry {
+            log,
+            metrics,
+            records: Vec::with_capacity(64),
+            time: LineTime::default(),
+            clock: WallClock::new(),
+        }
+    }
+
+    /// Logs and counts every record of the batch, then forgets them.
+    pub fn record_batch(&mut self, input: &[u8], peer: &[u8], handling: Duration, now: Instant) {
+        let micros = handling.as_micros() as u64;
+        let unix_ms = self.clock.unix_ms(now);
+        for record in &self.records {
+            if let Some(log) = &mut self.log {
+                let line = Line {
+                    target: record.target.get(input),
+                    peer,
+                    user_agent: record.user_agent.get(input),
+                    status: record.status.0,
+                    micros,
+                };
+                log.append(&mut self.time, unix_ms, &line);
+            }
+            if let Some((metrics, client)) = &mut self.metrics {
+                metrics.record(record, micros, &mut |packet| client.send(packet));
+            }
+        }
+        self.records.clear();
+        if let Some(log) = &mut self.log {
+            if log.is_full() {
+                log.ship();
+            }
+        }
+    }
+
+    /// The periodic part: re-reads the wall clock, and writes out log lines and metrics
+    /// when their flush intervals say so.
+    pub fn tick(&mut self, now: Instant, flush_log: bool, flush_metrics: bool) {
+        self.clock = WallClock::new_at(now);
+        if flush_log {
+            if let Some(log) = &mut self.log {
+                log.ship();
+            }
+        }
+        if flush_metrics {
+            self.flush_metrics();
+        }
+    }
+
+    pub fn flush_metrics(&mut self) {
+        if let Some((metrics, client)) = &mut self.metrics {
+            metrics.flush(&mut |packet| client.send(packet));
+        }
+    }
+
+    /// Everything out, waiting for the log writer if need be (shutdown). The log's
+    /// writer thread finishes once the returned log is dropped.
+    pub fn finish(&mut self) -> Option<AccessLog> {
+        self.flush_metrics();
+        let mut log = self.log.take();
+        if let Some(log) = &mut log {
+            log.ship_all();
+        }
+        log
+    }
+}
+
+/// Wall-clock milliseconds derived from the monotonic clock, re-anchored every tick, so a
+/// batch costs one clock read (which the timeouts need anyway), not two.
+struct WallClock {
+    base_ms: u64,
+    base: Instant,
+}
+
+impl WallClock {
+    fn new() -> WallClock {
+        WallClock::new_at(Instant::now())
+    }
+
+    fn new_at(now: Instant) -> WallClock {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        WallClock {
+            base_ms: wall.as_millis() as u64,
+            base: now,
+        }
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.base_ms + now.saturating_duration_since(self.base).as_millis() as u64
+    }
+}

@@ -170,7 +170,7 @@ fn steady_state_request_path_does_not_allocate() {
     let batch = keep_alive_batch();
     let per_batch = 13;
     let mut conn = Conn::new();
-    let mut round = |path: &mut RequestPath, conn: &mut Conn| {
+    let round = |path: &mut RequestPath, conn: &mut Conn| {
         assert_eq!(path.answer(conn, &batch), per_batch);
         assert_eq!(conn.waiting(0), Waiting::Idle);
         for raw in CLOSING {

@@ -14,6 +14,7 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Server {
@@ -34,10 +35,22 @@ impl Server {
         cmd.args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start leftpad");
         let stderr = child.stderr.take().unwrap();
+        let mut stdout_pipe = child.stdout.take().unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stdout_sink = stdout.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = stdout_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                stdout_sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
@@ -66,7 +79,13 @@ impl Server {
             addr,
             child,
             stderr: log,
+            stdout,
         }
+    }
+
+    /// What the server wrote to standard output so far (the access log with `-`).
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
     pub fn url(&self, path: &str) -> String {

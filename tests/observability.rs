@@ -1,0 +1,573 @@
+//! Access log (SPEC §3) and StatsD metrics (SPEC §4) against the real binary: log files
+//! and rotation, a raw UDP capture, and the real Etsy StatsD daemon (npm `statsd`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{exchange, get, read_response, Server};
+
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("leftpad-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("access.log")
+}
+
+/// Checks one access-log line and returns (url, ua, status).
+fn parse_line(line: &str) -> (String, String, u16) {
+    assert!(
+        line.bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)),
+        "raw control or non-ASCII byte in {line:?}"
+    );
+    let fields: Vec<&str> = line.split('\t').collect();
+    assert_eq!(fields.len(), 6, "{line:?}");
+    let time = fields[0];
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+        "{line:?}"
+    );
+    let field = |i: usize, name: &str| {
+        fields[i]
+            .strip_prefix(&format!("{name} "))
+            .unwrap_or_else(|| panic!("field {i} of {line:?} is not {name}"))
+            .to_owned()
+    };
+    let ip = field(2, "ip");
+    assert!(ip.starts_with("127.0.0.1:"), "{line:?}");
+    let us: u64 = field(5, "us").parse().unwrap();
+    assert!(us < 10_000_000);
+    (
+        field(1, "url"),
+        field(3, "ua"),
+        field(4, "status").parse().unwrap(),
+    )
+}
+
+/// Sends a mix of requests from `connections` parallel clients; returns the count of
+/// answers by status.
+fn mixed_load(server: &Server, connections: usize, per_connection: usize) -> HashMap<u16, usize> {
+    let requests: [(&[u8], u16); 5] = [
+        (b"GET /v1/leftpad/?str=test&len=10&chr=* HTTP/1.1\r\nHost: t\r\nUser-Agent: mixed/1\r\n\r\n", 200),
+        (b"GET /v1/leftpad/?len=x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        (b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n", 404),
+        (b"DELETE /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 405),
+        (b"HEAD /v1/leftpad/?len=3 HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+    ];
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut counts = HashMap::new();
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                for i in 0..per_connection {
+                    let (raw, status) = requests[(c + i) % requests.len()];
+                    s.write_all(raw).unwrap();
+                    let r = read_response(&mut s, raw.starts_with(b"HEAD")).unwrap();
+                    assert_eq!(r.status, status);
+                    *counts.entry(status).or_insert(0) += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total = HashMap::new();
+    for t in threads {
+        for (status, n) in t.join().unwrap() {
+            *total.entry(status).or_insert(0) += n;
+        }
+    }
+    total
+}
+
+fn status_counts<'a>(lines: impl Iterator<Item = &'a str>) -> HashMap<u16, usize> {
+    let mut counts = HashMap::new();
+    for line in lines {
+        *counts.entry(parse_line(line).2).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn every_answered_request_is_logged_once_even_at_shutdown() {
+    let path = temp_path("exact");
+    let log = path.to_str().unwrap();
+    // A long flush interval: the lines reach the file only when buffers fill or at exit.
+    let mut server = Server::start(&[
+        "--workers",
+        "2",
+        "--access-log",
+        log,
+        "--log-flush-ms",
+        "600000",
+        "--statsd",
+        "off",
+    ]);
+    let mut sent = mixed_load(&server, 16, 40);
+    // Protocol errors are answered and logged too (without a URL).
+    for _ in 0..4 {
+        let (r, _) = exchange(&server, b"NOT HTTP\x00\r\n\r\n");
+        assert_eq!(r.status, 400);
+        *sent.entry(400).or_insert(0) += 1;
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with('\n'));
+    assert_eq!(text.lines().count(), 16 * 40 + 4);
+    assert_eq!(status_counts(text.lines()), sent);
+    assert!(text.contains("\turl /v1/leftpad/?str=test&len=10&chr=*\t"));
+    assert!(text.contains("\tua mixed/1\tstatus 200\t"));
+    assert!(text.contains("\turl -\t"), "unparsed requests log url -");
+}
+
+#[test]
+fn hostile_bytes_stay_on_one_line() {
+    let path = temp_path("hostile");
+    let mut server = Server::start(&["--access-log", path.to_str().unwrap(), "--statsd", "off"]);
+    // Raw UTF-8 in the target and a tab, 0xFF and a backslash in the User-Agent are
+    // accepted by the parser and must be escaped in the log.
+    let evil: &[u8] = b"GET /v1/leftpad/?str=\xc3\xa9&len=3%0A HTTP/1.1\r\nHost: t\r\n\
+        User-Agent: evil\tua\xff\\ 2026-01-01T00:00:00.000Z\turl /forged\r\n\r\n";
+    assert_eq!(exchange(&server, evil).0.status, 400);
+    // Other control characters make the head malformed: still exactly one line.
+    let escape: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\nUser-Agent: a\x1b[31mb\r\n\r\n";
+    assert_eq!(exchange(&server, escape).0.status, 400);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<_> = text.lines().map(parse_line).collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert_eq!(lines[0].0, "/v1/leftpad/?str=\\xc3\\xa9&len=3%0A");
+    assert_eq!(
+        lines[0].1,
+        "evil\\x09ua\\xff\\x5c 2026-01-01T00:00:00.000Z\\x09url /forged"
+    );
+    assert_eq!((lines[1].0.as_str(), lines[1].2), ("-", 400));
+}
+
+#[test]
+fn sighup_reopens_the_log_without_losing_lines() {
+    let path = temp_path("rotate");
+    let rotated = path.with_extension("log.1");
+    let mut server = Server::start(&[
+        "--workers",
+        "2",
+        "--access-log",
+        path.to_str().unwrap(),
+        "--log-flush-ms",
+        "600000",
+        "--statsd",
+        "off",
+    ]);
+    let before = mixed_load(&server, 4, 25);
+    std::fs::rename(&path, &rotated).unwrap();
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(path.exists(), "SIGHUP did not recreate the log file");
+    let after = mixed_load(&server, 4, 10);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(status_counts(old.lines()), before);
+    assert_eq!(status_counts(new.lines()), after);
+}
+
+#[test]
+fn unwritable_log_path_fails_at_startup() {
+    let out = Command::new(env!("CARGO_BIN_EXE_leftpad"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+            "/nonexistent-dir/leftpad/access.log",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--access-log /nonexistent-dir/leftpad/access.log")
+            && stderr.contains("No such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_default_log_goes_to_stdout() {
+    let mut server = Server::start(&["--statsd", "off"]);
+    for _ in 0..3 {
+        exchange(&server, &get("/healthz"));
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    std::thread::sleep(Duration::from_millis(100));
+    let out = server.stdout();
+    assert_eq!(out.lines().count(), 3, "{out:?}");
+    assert!(out.lines().all(|l| parse_line(l).0 == "/healthz"));
+}
+
+/// A StatsD stand-in: a UDP socket read by a thread as datagrams arrive (so none is
+/// dropped by a full receive buffer) until it has been quiet for a while after `finish`.
+struct Capture {
+    addr: String,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Capture {
+    fn start() -> Capture {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap().to_string();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut packets = Vec::new();
+            let mut buf = [0u8; 65536];
+            loop {
+                match socket.recv(&mut buf) {
+                    Ok(n) => packets.push(String::from_utf8(buf[..n].to_vec()).unwrap()),
+                    Err(_) if finished.load(std::sync::atomic::Ordering::Relaxed) => {
+                        return packets
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Capture { addr, done, thread }
+    }
+
+    /// The datagrams received, once the sender has exited.
+    fn finish(self) -> Vec<String> {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Sends `n` requests for `target` on one connection, 16 pipelined at a time.
+fn pipelined(server: &Server, target: &str, n: usize, status: u16) {
+    let mut s = server.connect();
+    let request = get(target);
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(16);
+        s.write_all(&request.repeat(batch)).unwrap();
+        for _ in 0..batch {
+            assert_eq!(read_response(&mut s, false).unwrap().status, status);
+        }
+        left -= batch;
+    }
+}
+
+fn lines_of(packets: &[String]) -> Vec<&str> {
+    packets.iter().flat_map(|p| p.split('\n')).collect()
+}
+
+fn count_prefix(lines: &[&str], prefix: &str) -> usize {
+    lines.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+#[test]
+fn statsd_at_rate_1_counts_exactly() {
+    let statsd = Capture::start();
+    let mut server = Server::start(&[
+        "--workers",
+        "2",
+        "--statsd",
+        &statsd.addr,
+        "--statsd-sample-rate",
+        "1",
+        "--access-log",
+        "off",
+    ]);
+    pipelined(&server, "/v1/leftpad/?str=abc&len=5", 300, 200);
+    pipelined(&server, "/v1/leftpad/?len=oops", 40, 400);
+    pipelined(&server, "/missing", 20, 404);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    let packets = statsd.finish();
+    assert!(packets.iter().all(|p| p.len() <= 1432));
+    let lines = lines_of(&packets);
+    assert_eq!(
+        count_prefix(&lines, "leftpad.request.leftpad.count:1|c"),
+        340
+    );
+    assert_eq!(count_prefix(&lines, "leftpad.request.leftpad.timing:"), 340);
+    assert_eq!(count_prefix(&lines, "leftpad.request.str.len:3|h"), 300);
+    assert_eq!(count_prefix(&lines, "leftpad.response.status.400:1|c"), 40);
+    assert_eq!(count_prefix(&lines, "leftpad.response.status.404:1|c"), 20);
+    assert_eq!(
+        lines.len(),
+        340 * 2 + 300 + 60,
+        "unexpected lines: {:?}",
+        &lines[..5]
+    );
+    for line in lines.iter().filter(|l| l.contains(".timing:")) {
+        let value = line.split(':').nth(1).unwrap().strip_suffix("|ms").unwrap();
+        let (whole, frac) = value.split_once('.').unwrap();
+        assert!(
+            whole.bytes().all(|b| b.is_ascii_digit()) && frac.len() == 3,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn statsd_sampling_batching_and_packet_bound() {
+    let statsd = Capture::start();
+    let mut server = Server::start(&[
+        "--statsd",
+        &statsd.addr,
+        "--statsd-max-packet",
+        "256",
+        "--statsd-prefix",
+        "my:app",
+        "--access-log",
+        "off",
+    ]);
+    const N: usize = 2000;
+    pipelined(&server, "/v1/leftpad/?str=abcd&len=8", N, 200);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    let packets = statsd.finish();
+    assert!(packets.iter().all(|p| p.len() <= 256 && !p.ends_with('\n')));
+    let lines = lines_of(&packets);
+    assert!(
+        lines.len() as f64 / packets.len() as f64 > 3.0,
+        "lines are batched"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("my_app.") && l.ends_with("|@0.5")),
+        "{:?}",
+        &lines[..3]
+    );
+    // Each metric: Binomial(2000, 0.5), mean 1000, sd 22.4; allow 5 sd.
+    for metric in [
+        "my_app.request.leftpad.count:1|c",
+        "my_app.request.leftpad.timing:",
+        "my_app.request.str.len:4|h",
+    ] {
+        let kept = count_prefix(&lines, metric);
+        assert!((888..=1112).contains(&kept), "{metric}: {kept} of {N}");
+    }
+}
+
+#[test]
+fn no_statsd_listener_does_no_harm() {
+    // A port with nothing behind it: sends are refused (ICMP), counted, ignored.
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let server = Server::start(&[
+        "--statsd",
+        &closed,
+        "--statsd-sample-rate",
+        "1",
+        "--statsd-flush-ms",
+        "1",
+    ]);
+    for _ in 0..5 {
+        pipelined(&server, "/v1/leftpad/?str=x&len=3&chr=0", 200, 200);
+    }
+    let (r, _) = exchange(&server, &get("/v1/leftpad/?str=x&len=3&chr=0"));
+    assert_eq!(r.text(), "{\"str\":\"00x\"}\n");
+}
+
+// ----- the real StatsD daemon -----
+
+/// The Etsy StatsD daemon (npm `statsd`), installed under target/ on first use.
+struct StatsdDaemon {
+    child: Child,
+    udp_port: u16,
+    mgmt_port: u16,
+}
+
+fn statsd_script() -> PathBuf {
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/statsd");
+    let script = prefix.join("node_modules/statsd/stats.js");
+    if !script.exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .arg(&prefix)
+            .arg("statsd@0.9.0")
+            .status()
+            .expect("npm is needed to install the StatsD daemon for this test (apt-get install npm, or run .ci/run)");
+        assert!(status.success(), "npm install statsd failed");
+    }
+    script
+}
+
+impl StatsdDaemon {
+    fn start() -> StatsdDaemon {
+        let script = statsd_script();
+        let udp_port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mgmt_port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = temp_path("statsd").with_file_name("config.js");
+        std::fs::write(
+            &config,
+            format!(
+                "{{ port: {udp_port}, address: \"127.0.0.1\", mgmt_port: {mgmt_port}, \
+                 mgmt_address: \"127.0.0.1\", flushInterval: 3600000, backends: [] }}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("node")
+            .arg(script)
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node");
+        let daemon = StatsdDaemon {
+            child,
+            udp_port,
+            mgmt_port,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", mgmt_port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "StatsD did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// Runs a management command (`counters`, `timers`) and returns its answer.
+    fn admin(&self, command: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.mgmt_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        for line in BufReader::new(s).lines() {
+            let line = line.unwrap();
+            if line == "END" {
+                break;
+            }
+            answer.push_str(&line);
+            answer.push('\n');
+        }
+        answer
+    }
+}
+
+impl Drop for StatsdDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number after `'name': ` in StatsD's (util.inspect) management output.
+fn inspected_number(text: &str, name: &str) -> Option<f64> {
+    let at = text.find(&format!("'{name}': "))? + name.len() + 4;
+    let rest = &text[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// How many values StatsD holds for a timer (util.inspect shows 100, then "... N more items").
+fn timer_values(text: &str, name: &str) -> usize {
+    let Some(start) = text.find(&format!("'{name}': [")) else {
+        return 0;
+    };
+    let list = &text[start..start + text[start..].find(']').unwrap()];
+    let shown = list
+        .split(',')
+        .filter(|v| {
+            v.trim()
+                .trim_start_matches(&format!("'{name}': ["))
+                .trim()
+                .parse::<f64>()
+                .is_ok()
+        })
+        .count();
+    let more = list
+        .split("... ")
+        .nth(1)
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    shown + more
+}
+
+#[test]
+fn the_real_statsd_daemon_counts_every_request() {
+    let daemon = StatsdDaemon::start();
+    let target = format!("127.0.0.1:{}", daemon.udp_port);
+    let mut server = Server::start(&[
+        "--workers",
+        "2",
+        "--statsd",
+        &target,
+        "--statsd-sample-rate",
+        "1",
+        "--access-log",
+        "off",
+    ]);
+    const N: usize = 500;
+    let mut s = server.connect();
+    for i in 0..N {
+        s.write_all(&get(&format!("/v1/leftpad/?str={i}&len=8")))
+            .unwrap();
+        assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+    }
+    let mut more = [0u8; 1];
+    let _ = (&mut s).take(0).read(&mut more);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+
+    let start = Instant::now();
+    let counters = loop {
+        let counters = daemon.admin("counters");
+        let count = inspected_number(&counters, "leftpad.request.leftpad.count");
+        if count == Some(N as f64) || start.elapsed() > Duration::from_secs(3) {
+            break counters;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        inspected_number(&counters, "leftpad.request.leftpad.count"),
+        Some(N as f64),
+        "{counters}"
+    );
+    assert_eq!(
+        inspected_number(&counters, "statsd.bad_lines_seen"),
+        Some(0.0),
+        "{counters}"
+    );
+    let timers = daemon.admin("timers");
+    assert_eq!(
+        timer_values(&timers, "leftpad.request.leftpad.timing"),
+        N,
+        "{timers}"
+    );
+}

@@ -5,7 +5,11 @@
 #   scripts/compare.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [-p "1 16"] [-o DIR] [SERVER ...]
 #
 # SERVER is leftpad, floor or nginx, optionally with an io_uring setup for the first two
-# (leftpad@coop, floor@plain). Default: leftpad floor nginx (nginx skipped if missing).
+# (leftpad@coop, floor@plain), or LABEL=SERVER ARGS... for any flags, where {log} is a
+# log file in a scratch directory and {statsd} a listening UDP socket that never reads:
+#   "observed=leftpad --access-log {log} --statsd {statsd}" "quiet=leftpad --access-log off --statsd off"
+# Default: leftpad without and with its access log and StatsD, the floor, and nginx
+# (skipped if missing).
 # Raw wrk outputs and the summary go to DIR (default bench-results/runs/<date>-<commit>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +24,8 @@ done
 shift $((OPTIND - 1))
 servers=("$@")
 if [ ${#servers[@]} -eq 0 ]; then
-  servers=(leftpad floor)
+  servers=("leftpad=leftpad --access-log off --statsd off"
+    "leftpad+log+statsd=leftpad --access-log {log} --statsd {statsd}" floor)
   if command -v nginx >/dev/null; then servers+=(nginx); else echo "compare.sh: nginx not installed, skipping it" >&2; fi
 fi
 
@@ -36,23 +41,42 @@ cargo build --release --quiet --bin leftpad --example floor
   echo "# rounds=$rounds duration=${duration}s conns=$conns pipelines=$pipelines; server on CPU 0, wrk -t1 on CPU 1"
 } | tee "$outdir/summary.txt"
 
+scratch=$(mktemp -d)
+sink_pid=''
+trap '[ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null; rm -rf "$scratch"' EXIT
+# A StatsD stand-in that listens (so sends are not refused) and never reads.
+sink_port=$((40000 + RANDOM % 20000))
+python3 -c "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', $sink_port)); time.sleep(86400)" &
+sink_pid=$!
+
 results="$outdir/results.txt"
 : >"$results"
 for pipeline in $pipelines; do
   for round in $(seq "$rounds"); do
     for spec in "${servers[@]}"; do
-      name=${spec%@*}
-      args=()
-      [ "$spec" != "$name" ] && args=(-- --uring-setup "${spec#*@}")
+      if [[ $spec == *=* ]]; then
+        label=${spec%%=*}
+        read -r -a words <<<"${spec#*=}"
+        name=${words[0]}
+        args=(-- "${words[@]:1}")
+        args=("${args[@]//\{log\}/$scratch/$label.log}")
+        args=("${args[@]//\{statsd\}/127.0.0.1:$sink_port}")
+      else
+        label=$spec name=${spec%@*} args=()
+        [ "$spec" != "$name" ] && args=(-- --uring-setup "${spec#*@}")
+      fi
       line=$(scripts/load.sh -s "$name" -c "$conns" -d "$duration" -p "$pipeline" \
-        -o "$outdir/wrk-$spec-p$pipeline-c$conns-r$round.txt" "${args[@]}")
-      echo "spec=$spec round=$round $line" | tee -a "$results"
+        -o "$outdir/wrk-$label-p$pipeline-c$conns-r$round.txt" "${args[@]}")
+      echo "spec=$label round=$round $line" | tee -a "$results"
+      rm -f "$scratch"/*.log
     done
   done
 done
 
 echo | tee -a "$outdir/summary.txt"
-python3 - "$results" "${servers[@]}" <<'PY' | tee -a "$outdir/summary.txt"
+labels=()
+for spec in "${servers[@]}"; do labels+=("${spec%%=*}"); done
+python3 - "$results" "${labels[@]}" <<'PY' | tee -a "$outdir/summary.txt"
 import re, statistics, sys
 path, servers = sys.argv[1], sys.argv[2:]
 rows = [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line)) for line in open(path)]

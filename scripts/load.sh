@@ -41,7 +41,7 @@ trap cleanup EXIT
 case $server in
   leftpad)
     [ -x target/release/leftpad ] || cargo build --release --quiet
-    taskset -c "$server_cpu" target/release/leftpad --listen "$addr" --workers 1 "${extra[@]}" 2>"$workdir/server.log" &
+    taskset -c "$server_cpu" target/release/leftpad --listen "$addr" --workers 1 "${extra[@]}" >/dev/null 2>"$workdir/server.log" &
     ;;
   floor)
     [ -x target/release/examples/floor ] || cargo build --release --quiet --example floor

@@ -13,53 +13,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-conns=64 duration=10 threads=1 pipeline=1 path='/v1/leftpad/?str=test&len=50&chr=*'
-server=leftpad out='' server_cpu=${SERVER_CPU:-0} load_cpu=${LOAD_CPU:-1}
+source scripts/lib.sh
+conns=64 duration=10 threads=1 pipeline=1 server=leftpad out=''
 while getopts "c:d:t:p:u:s:o:" opt; do
   case $opt in
     c) conns=$OPTARG ;; d) duration=$OPTARG ;; t) threads=$OPTARG ;; p) pipeline=$OPTARG ;;
-    u) path=$OPTARG ;; s) server=$OPTARG ;; o) out=$OPTARG ;;
+    u) bench_path=$OPTARG ;; s) server=$OPTARG ;; o) out=$OPTARG ;;
     *) sed -n '2,12p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-extra=("$@")
 
 for tool in wrk taskset curl; do
   command -v "$tool" >/dev/null || { echo "load.sh: $tool is not installed (apt-get install wrk util-linux curl)" >&2; exit 1; }
 done
 
-port=$((20000 + RANDOM % 20000))
-addr="127.0.0.1:$port"
+addr="127.0.0.1:$(free_port)"
 workdir=$(mktemp -d)
-cleanup() {
-  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  rm -rf "$workdir"
-}
-trap cleanup EXIT
-
-case $server in
-  leftpad)
-    [ -x target/release/leftpad ] || cargo build --release --quiet
-    taskset -c "$server_cpu" target/release/leftpad --listen "$addr" --workers 1 "${extra[@]}" >/dev/null 2>"$workdir/server.log" &
-    ;;
-  floor)
-    [ -x target/release/examples/floor ] || cargo build --release --quiet --example floor
-    taskset -c "$server_cpu" target/release/examples/floor --listen "$addr" --workers 1 "${extra[@]}" 2>"$workdir/server.log" &
-    ;;
-  nginx)
-    scripts/nginx-floor.sh "$port" "$workdir" >"$workdir/nginx.conf"
-    taskset -c "$server_cpu" nginx -c "$workdir/nginx.conf" -p "$workdir" 2>"$workdir/server.log" &
-    ;;
-  *) echo "load.sh: unknown server '$server' (leftpad, floor or nginx)" >&2; exit 2 ;;
-esac
-pid=$!
-
-for _ in $(seq 100); do
-  curl -fs -o /dev/null "http://$addr$path" && break
-  sleep 0.05
-done
-curl -fs -o /dev/null "http://$addr$path" || { echo "load.sh: $server did not start:" >&2; cat "$workdir/server.log" >&2; exit 1; }
+trap 'stop_server; rm -rf "$workdir"' EXIT
+start_server "$server" "$addr" "$workdir" "$@"
+pid=$server_pid
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 cat >"$workdir/pipeline.lua" <<LUA
@@ -73,7 +46,7 @@ LUA
 
 before=$(cpu_ticks)
 taskset -c "$load_cpu" wrk -t"$threads" -c"$conns" -d"${duration}s" --latency \
-  -s "$workdir/pipeline.lua" "http://$addr$path" -- "$pipeline" >"$workdir/wrk.txt" 2>&1
+  -s "$workdir/pipeline.lua" "http://$addr$bench_path" -- "$pipeline" >"$workdir/wrk.txt" 2>&1
 after=$(cpu_ticks)
 [ -n "$out" ] && cp "$workdir/wrk.txt" "$out"
 

@@ -181,7 +181,7 @@ pub struct LogStats {
     pub lines: AtomicU64,
     pub bytes_written: AtomicU64,
     pub write_errors: AtomicU64,
-    /// Lines dropped because the writer fell behind by more than the buffer cap.
+    /// Lines dropped because the writer fell so far behind that they did not fit.
     pub dropped: AtomicU64,
 }
 
@@ -190,13 +190,15 @@ enum Message {
     Reopen,
 }
 
+/// Buffers per worker: one filling, up to two queued for the writer, one being written.
+/// All are allocated at startup and circulate; none is allocated afterwards.
+const POOL: usize = 4;
+
 /// A worker's log buffer and its line to the writer thread.
 pub struct AccessLog {
     buf: Vec<u8>,
     /// Ship the buffer once it holds this much (`--log-buffer`).
     threshold: usize,
-    /// Past this the writer is too far behind: new lines are dropped and counted.
-    cap: usize,
     to_writer: SyncSender<Message>,
     /// Emptied buffers coming back from the writer, and one kept back here.
     spares: Receiver<Vec<u8>>,
@@ -204,12 +206,18 @@ pub struct AccessLog {
     stats: Arc<LogStats>,
     /// Lines appended since the last ship (published to `stats` when shipped).
     lines: u64,
+    /// SIGHUP seen; the reopen is sent to the writer once the buffer is shipped.
+    reopen_pending: bool,
 }
 
 impl AccessLog {
-    /// Appends one line (or drops it, counted, if the writer is hopelessly behind).
+    /// Appends one line, or drops it (counted) if it does not fit the buffer's capacity:
+    /// the writer is then far behind, and growing the buffer would only defer the problem
+    /// while allocating on the request path.
     pub fn append(&mut self, time: &mut LineTime, unix_ms: u64, line: &Line<'_>) {
-        if self.buf.len() >= self.cap {
+        // Escaping at most quadruples a field; the fixed parts and numbers fit in 96 bytes.
+        let longest = 96 + line.peer.len() + 4 * (line.target.len() + line.user_agent.len());
+        if self.buf.len() + longest > self.buf.capacity() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -222,27 +230,27 @@ impl AccessLog {
         self.buf.len() >= self.threshold
     }
 
-    /// Hands the buffered lines to the writer thread if it can take them now; if not,
-    /// they stay and the next call retries. Buffers circulate between the worker and its
-    /// writer, so this allocates only while warming up.
+    /// Hands the buffered lines to the writer thread if it can take them now; if not (no
+    /// spare buffer back yet, or the writer's queue full), they stay and the next call
+    /// retries.
     pub fn ship(&mut self) {
-        if self.buf.is_empty() {
-            return;
-        }
-        let replacement = self
-            .spare
-            .take()
-            .or_else(|| self.spares.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(self.threshold * 2));
-        let full = std::mem::replace(&mut self.buf, replacement);
-        match self.to_writer.try_send(Message::Lines(full)) {
-            Ok(()) => self.publish_lines(),
-            Err(TrySendError::Full(message) | TrySendError::Disconnected(message)) => {
-                if let Message::Lines(full) = message {
-                    self.spare = Some(std::mem::replace(&mut self.buf, full));
+        if !self.buf.is_empty() {
+            let Some(replacement) = self.spare.take().or_else(|| self.spares.try_recv().ok())
+            else {
+                return;
+            };
+            let full = std::mem::replace(&mut self.buf, replacement);
+            match self.to_writer.try_send(Message::Lines(full)) {
+                Ok(()) => self.publish_lines(),
+                Err(TrySendError::Full(message) | TrySendError::Disconnected(message)) => {
+                    if let Message::Lines(full) = message {
+                        self.spare = Some(std::mem::replace(&mut self.buf, full));
+                    }
+                    return;
                 }
             }
         }
+        self.send_pending_reopen();
     }
 
     fn publish_lines(&mut self) {
@@ -250,20 +258,41 @@ impl AccessLog {
         self.lines = 0;
     }
 
-    /// Ships everything, waiting for the writer if need be (shutdown, reopen).
+    /// Ships everything, waiting for the writer if need be (shutdown only: a writer
+    /// stuck on a full pipe would block this, and then the process's shutdown backstop).
     pub fn ship_all(&mut self) {
-        if !self.buf.is_empty() {
-            let full = std::mem::take(&mut self.buf);
-            if self.to_writer.send(Message::Lines(full)).is_ok() {
-                self.publish_lines();
-            }
+        if self.buf.is_empty() {
+            return;
+        }
+        let replacement = match self.spare.take() {
+            Some(spare) => spare,
+            None => self.spares.recv().unwrap_or_default(),
+        };
+        let full = std::mem::replace(&mut self.buf, replacement);
+        if self.to_writer.send(Message::Lines(full)).is_ok() {
+            self.publish_lines();
         }
     }
 
-    /// Writes out what is buffered to the current file, then reopens it (SIGHUP).
+    /// Asks the writer to reopen the file (SIGHUP) once the lines buffered so far are
+    /// shipped, so they land in the old file. Never waits: if the writer is busy, the
+    /// reopen stays pending and [`AccessLog::ship`] completes it later.
     pub fn reopen(&mut self) {
-        self.ship_all();
-        let _ = self.to_writer.send(Message::Reopen);
+        self.reopen_pending = true;
+        self.ship();
+    }
+
+    pub fn reopen_pending(&self) -> bool {
+        self.reopen_pending
+    }
+
+    fn send_pending_reopen(&mut self) {
+        if self.reopen_pending
+            && self.buf.is_empty()
+            && self.to_writer.try_send(Message::Reopen).is_ok()
+        {
+            self.reopen_pending = false;
+        }
     }
 }
 
@@ -283,8 +312,14 @@ impl Writer {
         stats: Arc<LogStats>,
         warned: Arc<AtomicBool>,
     ) -> io::Result<(AccessLog, Writer)> {
-        let (to_writer, inbox) = mpsc::sync_channel(2);
-        let (spares_tx, spares) = mpsc::sync_channel(2);
+        let (to_writer, inbox) = mpsc::sync_channel(POOL - 2);
+        let (spares_tx, spares) = mpsc::sync_channel(POOL);
+        // Each buffer holds four thresholds, so lines keep fitting while the writer is
+        // busy with earlier ones.
+        let capacity = threshold * 4;
+        for _ in 1..POOL {
+            let _ = spares_tx.send(Vec::with_capacity(capacity));
+        }
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("leftpad-log".into())
@@ -295,14 +330,14 @@ impl Writer {
                 write_until_closed(target, file, inbox, spares_tx, &thread_stats, &warned);
             })?;
         let log = AccessLog {
-            buf: Vec::with_capacity(threshold * 2),
+            buf: Vec::with_capacity(capacity),
             threshold,
-            cap: threshold * 8,
             to_writer,
             spares,
             spare: None,
             stats,
             lines: 0,
+            reopen_pending: false,
         };
         Ok((log, Writer { thread }))
     }
@@ -341,6 +376,7 @@ fn write_until_closed(
                     Err(e) => report("write failed, lines lost", &e),
                 }
                 lines.clear();
+                // Back to the worker; the pool is sized so this always has room.
                 let _ = spares.try_send(lines);
             }
             Message::Reopen => match target.open() {

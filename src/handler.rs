@@ -76,7 +76,7 @@ impl App {
     }
 
     /// Answers a leftpad query; returns the length of `str` in characters when it padded.
-    fn leftpad(&mut self, query: &[u8], res: &mut Response<'_>) -> Option<u32> {
+    fn leftpad(&mut self, query: &str, res: &mut Response<'_>) -> Option<u32> {
         match query::parse(query, self.max_len, &mut self.scratch) {
             Ok(params) => {
                 const OPEN: &[u8] = b"{\"str\":\"";

@@ -125,13 +125,14 @@ fn hex_value(b: u8) -> Option<u8> {
 /// One name or value as it stands in the query, and whether it holds `%` or `+`.
 #[derive(Clone, Copy)]
 struct Component<'q> {
-    bytes: &'q [u8],
+    text: &'q str,
     escaped: bool,
 }
 
 /// The `name=value` pairs of a query, found in one pass over its bytes (empty pairs
-/// skipped; a pair without `=` has an empty value).
-struct Pairs<'q>(&'q [u8]);
+/// skipped; a pair without `=` has an empty value). The pieces are sliced at ASCII
+/// delimiters, so each is itself valid UTF-8.
+struct Pairs<'q>(&'q str);
 
 impl<'q> Iterator for Pairs<'q> {
     type Item = (Component<'q>, Component<'q>);
@@ -144,7 +145,7 @@ impl<'q> Iterator for Pairs<'q> {
             let rest = self.0;
             let (mut eq, mut end) = (None, rest.len());
             let (mut key_escaped, mut value_escaped) = (false, false);
-            for (i, &b) in rest.iter().enumerate() {
+            for (i, &b) in rest.as_bytes().iter().enumerate() {
                 match b {
                     b'&' => {
                         end = i;
@@ -163,15 +164,15 @@ impl<'q> Iterator for Pairs<'q> {
             let pair = &rest[..end];
             let (key, value) = match eq {
                 Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-                None => (pair, &pair[end..]),
+                None => (pair, ""),
             };
             return Some((
                 Component {
-                    bytes: key,
+                    text: key,
                     escaped: key_escaped,
                 },
                 Component {
-                    bytes: value,
+                    text: value,
                     escaped: value_escaped,
                 },
             ));
@@ -179,25 +180,21 @@ impl<'q> Iterator for Pairs<'q> {
     }
 }
 
-/// Where a decoded component is: still in the query (it had no escapes: no copy, the
-/// common case), or decoded into a scratch buffer.
+/// Where a decoded component is: still in the query (it had no escapes: no copy and no
+/// UTF-8 check, the common case), or decoded into a scratch buffer.
 #[derive(Clone, Copy)]
 enum Decoded<'q> {
-    InQuery(&'q [u8]),
+    InQuery(&'q str),
     InScratch,
 }
 
 impl<'q> Decoded<'q> {
     fn new(raw: Component<'q>, buf: &mut Vec<u8>) -> Result<Decoded<'q>, BadEscape> {
-        let Component {
-            bytes: raw,
-            escaped,
-        } = raw;
-        if !escaped {
-            return Ok(Decoded::InQuery(raw));
+        if !raw.escaped {
+            return Ok(Decoded::InQuery(raw.text));
         }
         buf.clear();
-        decode_component(raw, buf)?;
+        decode_component(raw.text.as_bytes(), buf)?;
         Ok(Decoded::InScratch)
     }
 
@@ -206,8 +203,19 @@ impl<'q> Decoded<'q> {
         'q: 'a,
     {
         match self {
-            Decoded::InQuery(raw) => raw,
+            Decoded::InQuery(text) => text.as_bytes(),
             Decoded::InScratch => buf,
+        }
+    }
+
+    /// The decoded text; `None` when decoding escapes gave bytes that are not UTF-8.
+    fn text<'a>(self, buf: &'a [u8]) -> Option<&'a str>
+    where
+        'q: 'a,
+    {
+        match self {
+            Decoded::InQuery(text) => Some(text),
+            Decoded::InScratch => std::str::from_utf8(buf).ok(),
         }
     }
 }
@@ -217,26 +225,24 @@ impl<'q> Decoded<'q> {
 /// Every parameter is decoded and checked (bad escapes and non-UTF-8 are errors wherever
 /// they are); the first `str`, `len` and `chr` win and the others are ignored.
 pub fn parse<'a>(
-    query: &'a [u8],
+    query: &'a str,
     max_len: u64,
     scratch: &'a mut Scratch,
 ) -> Result<Params<'a>, QueryError<'a>> {
     let (mut str, mut len, mut chr) = (None, None, None);
     for (raw_key, raw_value) in Pairs(query) {
-        let bad_escape = |BadEscape| QueryError::BadEscape(raw_key.bytes);
-        let raw_key_bytes = raw_key.bytes;
+        let name = raw_key.text.as_bytes();
+        let bad_escape = |BadEscape| QueryError::BadEscape(name);
         let key = Decoded::new(raw_key, &mut scratch.key).map_err(bad_escape)?;
-        let key = key.bytes(&scratch.key);
-        let (slot, buf) = match key {
+        let (slot, buf) = match key.bytes(&scratch.key) {
             b"str" if str.is_none() => (&mut str, &mut scratch.str),
             b"len" if len.is_none() => (&mut len, &mut scratch.len),
             b"chr" if chr.is_none() => (&mut chr, &mut scratch.chr),
             _ => {
                 // Unknown or repeated: checked, then dropped.
                 let value = Decoded::new(raw_value, &mut scratch.other).map_err(bad_escape)?;
-                let value = value.bytes(&scratch.other);
-                if std::str::from_utf8(key).is_err() || std::str::from_utf8(value).is_err() {
-                    return Err(QueryError::NotUtf8(raw_key_bytes));
+                if key.text(&scratch.key).is_none() || value.text(&scratch.other).is_none() {
+                    return Err(QueryError::NotUtf8(name));
                 }
                 continue;
             }
@@ -249,12 +255,12 @@ pub fn parse<'a>(
         Some(text) if !text.is_empty() => parse_len(text, max_len)?,
         _ => return Err(QueryError::LenMissing),
     };
-    let utf8 = |value: Option<Decoded<'a>>, buf: &'a [u8], name: &'static [u8]| {
-        let bytes = value.map_or(&b""[..], |v| v.bytes(buf));
-        std::str::from_utf8(bytes).map_err(|_| QueryError::NotUtf8(name))
+    let text = |value: Option<Decoded<'a>>, buf: &'a [u8], name: &'static [u8]| match value {
+        None => Ok(""),
+        Some(value) => value.text(buf).ok_or(QueryError::NotUtf8(name)),
     };
-    let str = utf8(str, &scratch.str, b"str")?;
-    let chr = utf8(chr, &scratch.chr, b"chr")?
+    let str = text(str, &scratch.str, b"str")?;
+    let chr = text(chr, &scratch.chr, b"chr")?
         .chars()
         .next()
         .unwrap_or(' ');
@@ -300,15 +306,13 @@ mod tests {
 
     fn parse_ok(q: &str) -> (String, i64, char) {
         let mut scratch = Scratch::default();
-        let p = parse(q.as_bytes(), 1024, &mut scratch).unwrap();
+        let p = parse(q, 1024, &mut scratch).unwrap();
         (p.str.to_owned(), p.len, p.chr)
     }
 
     fn parse_err(q: &str) -> String {
         let mut scratch = Scratch::default();
-        parse(q.as_bytes(), 1024, &mut scratch)
-            .unwrap_err()
-            .to_string()
+        parse(q, 1024, &mut scratch).unwrap_err().to_string()
     }
 
     #[test]
@@ -329,20 +333,21 @@ mod tests {
 
     #[test]
     fn pairs_split_on_ampersand_and_first_equals() {
-        let pairs: Vec<(&[u8], &[u8], bool, bool)> = Pairs(b"a=1&&b&c=x=%41&+=z&")
-            .map(|(k, v)| (k.bytes, v.bytes, k.escaped, v.escaped))
+        let pairs: Vec<(&str, &str, bool, bool)> = Pairs("a=1&&b&c=x=%41&+=z&é=ü")
+            .map(|(k, v)| (k.text, v.text, k.escaped, v.escaped))
             .collect();
         assert_eq!(
             pairs,
             [
-                (&b"a"[..], &b"1"[..], false, false),
-                (b"b", b"", false, false),
-                (b"c", b"x=%41", false, true),
-                (b"+", b"z", true, false),
+                ("a", "1", false, false),
+                ("b", "", false, false),
+                ("c", "x=%41", false, true),
+                ("+", "z", true, false),
+                ("é", "ü", false, false),
             ]
         );
-        assert_eq!(Pairs(b"").count(), 0);
-        assert_eq!(Pairs(b"&&&").count(), 0);
+        assert_eq!(Pairs("").count(), 0);
+        assert_eq!(Pairs("&&&").count(), 0);
     }
 
     #[test]
@@ -437,9 +442,9 @@ mod tests {
     #[test]
     fn scratch_is_reused_between_queries() {
         let mut scratch = Scratch::default();
-        let first = parse(b"str=long+string+here&len=30", 1024, &mut scratch).unwrap();
+        let first = parse("str=long+string+here&len=30", 1024, &mut scratch).unwrap();
         assert_eq!(first.str, "long string here");
-        let second = parse(b"len=2", 1024, &mut scratch).unwrap();
+        let second = parse("len=2", 1024, &mut scratch).unwrap();
         assert_eq!(
             second,
             Params {

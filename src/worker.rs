@@ -32,7 +32,7 @@ use crate::http::response::{Connection, Response};
 use crate::http::Status;
 use crate::runtime::{DriverReport, Runtime};
 use crate::statsd::{Client, Metrics};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{PacketSender, Telemetry};
 
 /// How often a worker refreshes its `Date` and looks for a shutdown request.
 const TICK: Duration = Duration::from_millis(50);
@@ -119,7 +119,10 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
         .config
         .statsd()
         .and_then(|settings| match Client::connect(settings.addr) {
-            Ok(client) => Some((Metrics::new(&settings, seed(spec.id)), client)),
+            Ok(client) => {
+                let send: PacketSender = Box::new(move |packet| client.send(packet));
+                Some((Metrics::new(&settings, seed(spec.id)), send))
+            }
             Err(e) => {
                 eprintln!(
                     "leftpad: worker {}: StatsD off: cannot open a UDP socket to {}: {e}",

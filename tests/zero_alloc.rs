@@ -165,7 +165,10 @@ fn steady_state_request_path_does_not_allocate() {
     let mut path = RequestPath {
         app: App::new(1024),
         out: Vec::new(),
-        telemetry: Telemetry::new(Some(log), Some((metrics, client))),
+        telemetry: Telemetry::new(
+            Some(log),
+            Some((metrics, Box::new(move |p: &[u8]| client.send(p)))),
+        ),
     };
     let batch = keep_alive_batch();
     let per_batch = 13;

@@ -34,8 +34,9 @@ pub struct Request<'b> {
     pub target: &'b [u8],
     /// The path of the target, without query (and without scheme and host in absolute-form).
     pub path: &'b [u8],
-    /// The query, without the `?`; empty when there is none.
-    pub query: &'b [u8],
+    /// The query, without the `?`; empty when there is none. (httparse has checked the
+    /// whole target is UTF-8.)
+    pub query: &'b str,
     pub user_agent: &'b [u8],
     /// HTTP/1.0 (the response must then say `Connection: keep-alive` to keep the connection).
     pub http10: bool,
@@ -150,26 +151,30 @@ fn check<'b>(req: &httparse::Request<'_, 'b>, limits: &Limits) -> Result<Request
 
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let len = parse_content_length(h.value)?;
-            if content_length.is_some_and(|prev| prev != len) {
-                return Err(Reject::Malformed("conflicting Content-Length headers"));
+        // Dispatch on the length first: most headers are compared with one name, or none.
+        let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+        match name.len() {
+            4 if is(b"host") => hosts += 1,
+            6 if is(b"expect") => {
+                expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
-            content_length = Some(len);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            10 if is(b"user-agent") => user_agent = h.value,
+            10 if is(b"connection") => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"user-agent") {
-            user_agent = h.value;
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            14 if is(b"content-length") => {
+                let len = parse_content_length(h.value)?;
+                if content_length.is_some_and(|prev| prev != len) {
+                    return Err(Reject::Malformed("conflicting Content-Length headers"));
+                }
+                content_length = Some(len);
+            }
+            17 if is(b"transfer-encoding") => transfer_encoding = true,
+            _ => {}
         }
     }
 
@@ -199,11 +204,11 @@ fn check<'b>(req: &httparse::Request<'_, 'b>, limits: &Limits) -> Result<Request
         Some("HEAD") => Method::Head,
         _ => Method::Other,
     };
-    let target = req.path.unwrap_or("").as_bytes();
+    let target = req.path.unwrap_or("");
     let (path, query) = split_target(target);
     Ok(Request {
         method,
-        target,
+        target: target.as_bytes(),
         path,
         query,
         user_agent,
@@ -228,29 +233,29 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
 }
 
 /// Splits a request-target into path and query; absolute-form loses scheme and authority.
-fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+fn split_target(target: &str) -> (&[u8], &str) {
     let origin = match strip_scheme(target) {
-        Some(rest) => match rest.iter().position(|&b| b == b'/' || b == b'?') {
-            Some(i) => &rest[i..],
-            None => &rest[rest.len()..],
-        },
+        Some(rest) => rest.find(['/', '?']).map_or("", |i| &rest[i..]),
         None => target,
     };
-    let (path, query) = match origin.iter().position(|&b| b == b'?') {
-        Some(i) => (&origin[..i], &origin[i + 1..]),
-        None => (origin, &origin[origin.len()..]),
-    };
+    let (path, query) = origin.split_once('?').unwrap_or((origin, ""));
     // Absolute-form with no path ("http://host?q") means "/".
-    (if path.is_empty() { b"/" } else { path }, query)
+    (
+        if path.is_empty() {
+            b"/"
+        } else {
+            path.as_bytes()
+        },
+        query,
+    )
 }
 
-fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
-    for scheme in [&b"http://"[..], b"https://"] {
-        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            return Some(&target[scheme.len()..]);
-        }
-    }
-    None
+fn strip_scheme(target: &str) -> Option<&str> {
+    ["http://", "https://"].into_iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &target[scheme.len()..])
+    })
 }
 
 #[cfg(test)]
@@ -285,7 +290,7 @@ mod tests {
         assert_eq!(r.method, Method::Get);
         assert_eq!(r.target, b"/v1/leftpad/?str=a&len=3");
         assert_eq!(r.path, b"/v1/leftpad/");
-        assert_eq!(r.query, b"str=a&len=3");
+        assert_eq!(r.query, "str=a&len=3");
         assert_eq!(r.user_agent, b"t/1");
         assert!(r.keep_alive && !r.http10);
         assert_eq!(r.body_len, 0);
@@ -429,16 +434,15 @@ mod tests {
 
     #[test]
     fn absolute_form_targets() {
+        let split = |t| split_target(t);
         assert_eq!(
-            split_target(b"http://example.com/v1/leftpad?len=1"),
-            (&b"/v1/leftpad"[..], &b"len=1"[..])
+            split("http://example.com/v1/leftpad?len=1"),
+            (&b"/v1/leftpad"[..], "len=1")
         );
-        assert_eq!(
-            split_target(b"HTTPS://h:1?len=1"),
-            (&b"/"[..], &b"len=1"[..])
-        );
-        assert_eq!(split_target(b"/healthz"), (&b"/healthz"[..], &b""[..]));
-        assert_eq!(split_target(b"/a?"), (&b"/a"[..], &b""[..]));
+        assert_eq!(split("HTTPS://h:1?len=1"), (&b"/"[..], "len=1"));
+        assert_eq!(split("/healthz"), (&b"/healthz"[..], ""));
+        assert_eq!(split("/a?"), (&b"/a"[..], ""));
+        assert_eq!(split("/a?b?c"), (&b"/a"[..], "b?c"));
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! Hot-path benchmarks: time per operation (criterion) and, like Go's `-benchmem`,
+//! allocations and bytes allocated per operation (a counting allocator around mimalloc).
+//!
+//! `cargo bench` prints criterion's report for each benchmark, then a summary table:
+//!
+//! ```text
+//! benchmark                      ns/op   allocs/op   B/op
+//! ```
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use leftpad::accesslog::{self, Line, LineTime, LogStats, Target, Writer};
+use leftpad::handler::{App, Handled};
+use leftpad::http::conn::{Conn, Record};
+use leftpad::http::request::Limits;
+use leftpad::http::Status;
+use leftpad::statsd::{Metrics, Settings};
+use leftpad::telemetry::{PacketSender, Telemetry};
+use leftpad::{json, leftpad as pad, query};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call unchanged to mimalloc; the counters are plain atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Rows of the closing table: (name, ns/op, allocs/op, bytes/op).
+static TABLE: Mutex<Vec<(String, f64, f64, f64)>> = Mutex::new(Vec::new());
+
+/// Benchmarks `op` with criterion, then counts its allocations over many calls (after the
+/// same warm-up) and its mean time, for the summary table.
+fn bench(c: &mut Criterion, name: &str, mut op: impl FnMut()) {
+    c.bench_function(name, |b| b.iter(&mut op));
+    const CALLS: u64 = 10_000;
+    let (allocs, bytes) = (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        op();
+    }
+    let elapsed = start.elapsed();
+    let per_op = |total: u64| total as f64 / CALLS as f64;
+    TABLE.lock().unwrap().push((
+        name.to_owned(),
+        elapsed.as_nanos() as f64 / CALLS as f64,
+        per_op(ALLOCS.load(Ordering::Relaxed) - allocs),
+        per_op(BYTES.load(Ordering::Relaxed) - bytes),
+    ));
+}
+
+const LIMITS: Limits = Limits {
+    max_head_size: 8192,
+    max_headers: 100,
+    max_body_size: 1 << 20,
+};
+const DATE: &[u8; 29] = b"Tue, 24 Nov 2026 12:00:00 GMT";
+const REQUEST: &[u8] =
+    b"GET /v1/leftpad/?str=test&len=50&chr=* HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+    User-Agent: wrk\r\nAccept: */*\r\n\r\n";
+
+fn pure_functions(c: &mut Criterion) {
+    let mut out = String::new();
+    for len in [10, 50] {
+        bench(c, &format!("leftpad/{len}"), || {
+            out.clear();
+            pad::leftpad_into(&mut out, black_box("test"), black_box(len), '*');
+        });
+    }
+
+    let mut scratch = query::Scratch::default();
+    bench(c, "query/article", || {
+        black_box(query::parse(black_box("str=test&len=50&chr=*"), 1024, &mut scratch).is_ok());
+    });
+    bench(c, "query/escaped", || {
+        let q = black_box("str=hello+w%C3%B6rld%21&len=50&chr=%E2%98%83&x=1");
+        black_box(query::parse(q, 1024, &mut scratch).is_ok());
+    });
+
+    let mut buf = Vec::with_capacity(256);
+    bench(c, "json/escape_mixed", || {
+        buf.clear();
+        json::write_escaped(
+            &mut buf,
+            black_box("say \"<hi>\" & wave\n\tthen\u{2028}smile é"),
+        );
+    });
+
+    let settings = Settings {
+        addr: "127.0.0.1:8125".parse().unwrap(),
+        prefix: "leftpad".into(),
+        sample_rate: 1.0,
+        max_packet: 1432,
+    };
+    let mut metrics = Metrics::new(&settings, 1);
+    let record = Record {
+        target: Default::default(),
+        user_agent: Default::default(),
+        status: Status::OK,
+        handled: Handled {
+            leftpad: true,
+            str_chars: Some(4),
+        },
+    };
+    bench(c, "statsd/request_lines", || {
+        metrics.record(black_box(&record), 12, &mut |packet| {
+            !black_box(packet).is_empty()
+        });
+    });
+
+    let mut time = LineTime::default();
+    let mut log = Vec::with_capacity(64 * 1024);
+    bench(c, "accesslog/line", || {
+        if log.len() > 60_000 {
+            log.clear();
+        }
+        let line = Line {
+            target: b"/v1/leftpad/?str=test&len=50&chr=*",
+            peer: b"127.0.0.1:54321",
+            user_agent: b"Mozilla/5.0 (X11; Linux x86_64)",
+            status: 200,
+            micros: 3,
+        };
+        accesslog::write_line(&mut log, &mut time, black_box(1_795_961_531_123), &line);
+    });
+}
+
+/// The whole request path as a worker runs it, minus socket I/O and clock reads: request
+/// bytes in; response bytes, an access-log line (shipped in batches to a real writer
+/// thread writing to /dev/null) and StatsD lines (sampled at 0.5 and batched into
+/// datagrams that are then dropped) out. Datagram sends and the two clock reads per
+/// read are in the load-test figures instead.
+fn whole_request(c: &mut Criterion) {
+    let target = Target::File("/dev/null".into());
+    let (log, _writer) = Writer::start(
+        target.clone(),
+        target.open().unwrap(),
+        64 * 1024,
+        None,
+        Arc::new(LogStats::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let settings = Settings {
+        addr: "127.0.0.1:8125".parse().unwrap(),
+        prefix: "leftpad".into(),
+        sample_rate: 0.5,
+        max_packet: 1432,
+    };
+    let dropped: PacketSender = Box::new(|packet| !black_box(packet).is_empty());
+    let mut telemetry = Telemetry::new(Some(log), Some((Metrics::new(&settings, 1), dropped)));
+    let mut app = App::new(1024);
+    let mut conn = Conn::new();
+    let mut out = Vec::with_capacity(64 * 1024);
+    let pipelined = REQUEST.repeat(16);
+    let now = Instant::now();
+
+    let mut run = |input: &[u8]| {
+        out.clear();
+        let records = &mut telemetry.records;
+        let progress = conn.process(input, &mut out, records, &mut app, &LIMITS, DATE);
+        black_box(progress);
+        telemetry.record_batch(input, b"127.0.0.1:54321", Duration::from_micros(3), now);
+    };
+    bench(c, "request/whole", || run(black_box(REQUEST)));
+    bench(c, "request/pipelined_16", || run(black_box(&pipelined)));
+}
+
+fn print_table(_: &mut Criterion) {
+    let table = TABLE.lock().unwrap();
+    println!(
+        "\n{:<24}{:>12}{:>12}{:>10}",
+        "benchmark", "ns/op", "allocs/op", "B/op"
+    );
+    for (name, ns, allocs, bytes) in table.iter() {
+        println!("{name:<24}{ns:>12.1}{allocs:>12.2}{bytes:>10.1}");
+    }
+    println!("(ns/op here is a plain mean over 10,000 calls; criterion's estimate is above)");
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = pure_functions, whole_request, print_table
+}
+criterion_main!(benches);

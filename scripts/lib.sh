@@ -1,0 +1,52 @@
+# Shared by the load scripts: start one server pinned to a CPU on loopback, wait until it
+# answers, stop it by PID. Source it; it defines start_server and stop_server.
+#
+#   start_server NAME ADDR WORKDIR [EXTRA ARGS...]   # NAME: leftpad, floor or nginx
+#   stop_server
+# After start_server, $server_pid is the server's PID (for /proc/PID/stat).
+
+server_cpu=${SERVER_CPU:-0}
+load_cpu=${LOAD_CPU:-1}
+bench_path=${BENCH_PATH:-'/v1/leftpad/?str=test&len=50&chr=*'}
+
+start_server() {
+  local name=$1 addr=$2 workdir=$3
+  shift 3
+  case $name in
+    leftpad)
+      [ -x target/release/leftpad ] || cargo build --release --quiet --bin leftpad
+      taskset -c "$server_cpu" target/release/leftpad --listen "$addr" --workers 1 "$@" \
+        >/dev/null 2>"$workdir/server.log" &
+      ;;
+    floor)
+      [ -x target/release/examples/floor ] || cargo build --release --quiet --example floor
+      taskset -c "$server_cpu" target/release/examples/floor --listen "$addr" --workers 1 "$@" \
+        2>"$workdir/server.log" &
+      ;;
+    nginx)
+      command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx-light)" >&2; return 1; }
+      scripts/nginx-floor.sh "${addr##*:}" "$workdir" >"$workdir/nginx.conf"
+      taskset -c "$server_cpu" nginx -c "$workdir/nginx.conf" -p "$workdir" 2>"$workdir/server.log" &
+      ;;
+    *) echo "unknown server '$name' (leftpad, floor or nginx)" >&2; return 2 ;;
+  esac
+  server_pid=$!
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://$addr$bench_path" && return 0
+    sleep 0.05
+  done
+  echo "$name did not start:" >&2
+  cat "$workdir/server.log" >&2
+  return 1
+}
+
+stop_server() {
+  if [ -n "${server_pid:-}" ]; then
+    kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+    server_pid=''
+  fi
+}
+
+free_port() {
+  echo $((20000 + RANDOM % 20000))
+}

@@ -36,11 +36,15 @@ struct Args {
     /// The request whose leftpad answer sets the response size.
     #[arg(long, default_value = "/v1/leftpad/?str=test&len=50&chr=*")]
     target: String,
+    /// Answer like leftpad answers an HTTP/1.0 keep-alive client (ab): with
+    /// `Connection: keep-alive`.
+    #[arg(long)]
+    http10_keep_alive: bool,
 }
 
 fn main() {
     let args = Args::parse();
-    let response: &'static [u8] = leftpad_answer(&args.target).leak();
+    let response: &'static [u8] = leftpad_answer(&args.target, args.http10_keep_alive).leak();
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let threads: Vec<_> = (0..args.workers)
         .map(|i| {
@@ -68,8 +72,12 @@ fn main() {
 }
 
 /// leftpad's full answer to `target`, computed once by the real core.
-fn leftpad_answer(target: &str) -> Vec<u8> {
-    let request = format!("GET {target} HTTP/1.1\r\nHost: floor\r\n\r\n");
+fn leftpad_answer(target: &str, http10_keep_alive: bool) -> Vec<u8> {
+    let request = if http10_keep_alive {
+        format!("GET {target} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    } else {
+        format!("GET {target} HTTP/1.1\r\nHost: floor\r\n\r\n")
+    };
     let limits = Limits {
         max_head_size: 8192,
         max_headers: 100,

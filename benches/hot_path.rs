@@ -178,7 +178,11 @@ fn whole_request(c: &mut Criterion) {
         max_packet: 1432,
     };
     let dropped: PacketSender = Box::new(|packet| !black_box(packet).is_empty());
-    let mut telemetry = Telemetry::new(Some(log), Some((Metrics::new(&settings, 1), dropped)));
+    let mut telemetry = Telemetry::new(
+        Some(log),
+        Some((Metrics::new(&settings, 1), dropped)),
+        Box::leak(Box::default()),
+    );
     let mut app = App::new(1024);
     let mut conn = Conn::new();
     let mut out = Vec::with_capacity(64 * 1024);

@@ -181,7 +181,7 @@ pub struct LogStats {
     pub lines: AtomicU64,
     pub bytes_written: AtomicU64,
     pub write_errors: AtomicU64,
-    /// Lines dropped because the writer fell so far behind that they did not fit.
+    /// Lines dropped because the writer fell so far behind that the buffer hit its cap.
     pub dropped: AtomicU64,
 }
 
@@ -199,6 +199,8 @@ pub struct AccessLog {
     buf: Vec<u8>,
     /// Ship the buffer once it holds this much (`--log-buffer`).
     threshold: usize,
+    /// The most the buffer may grow to while the writer is behind.
+    hard_cap: usize,
     to_writer: SyncSender<Message>,
     /// Emptied buffers coming back from the writer, and one kept back here.
     spares: Receiver<Vec<u8>>,
@@ -211,13 +213,16 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Appends one line, or drops it (counted) if it does not fit the buffer's capacity:
-    /// the writer is then far behind, and growing the buffer would only defer the problem
-    /// while allocating on the request path.
+    /// Appends one line. In steady state the line fits the buffer's capacity. If the
+    /// writer has fallen behind, the buffer grows (the only allocation, and only then) up
+    /// to a hard cap; past that the line is dropped and counted: memory stays bounded
+    /// even if the disk or pipe never drains.
     pub fn append(&mut self, time: &mut LineTime, unix_ms: u64, line: &Line<'_>) {
         // Escaping at most quadruples a field; the fixed parts and numbers fit in 96 bytes.
         let longest = 96 + line.peer.len() + 4 * (line.target.len() + line.user_agent.len());
-        if self.buf.len() + longest > self.buf.capacity() {
+        if self.buf.len() + longest > self.buf.capacity()
+            && self.buf.len() + longest > self.hard_cap
+        {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -332,6 +337,7 @@ impl Writer {
         let log = AccessLog {
             buf: Vec::with_capacity(capacity),
             threshold,
+            hard_cap: (threshold * 64).max(16 << 20),
             to_writer,
             spares,
             spare: None,

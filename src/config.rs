@@ -114,6 +114,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub statsd_flush_ms: u64,
 
+    /// Admin listener for /debug/pprof/ profiles and /debug/vars (HOST:PORT), or `off`.
+    /// Keep it on loopback: profiles are not for the public.
+    #[arg(long, env = "LEFTPAD_ADMIN", default_value = "127.0.0.1:6060", value_parser = crate::admin::parse_flag)]
+    pub admin: ::std::option::Option<SocketAddr>,
+
     /// io_uring setup flags (for benchmarking the choice; see ARCHITECTURE.md).
     #[arg(long, env = "LEFTPAD_URING_SETUP", value_enum, default_value_t = UringSetup::Defer, hide = true)]
     pub uring_setup: UringSetup,

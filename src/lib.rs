@@ -4,12 +4,15 @@
 //!
 //! - core (pure functions of bytes, no sockets or clocks): [`http`] (framing, parsing,
 //!   responses), [`handler`] (routing and the API), [`query`], [`leftpad`], [`json`];
-//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`runtime`] (io_uring or epoll), [`server`] (startup, signals,
-//!   shutdown), [`config`] (the command line).
+//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`runtime`] (io_uring or
+//!   epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line);
+//! - observability: [`accesslog`], [`statsd`], [`telemetry`] (per worker), [`stats`]
+//!   (counters) and [`admin`] (pprof profiles and `/debug/vars` on their own thread).
 //!
 //! See ARCHITECTURE.md for the path of a request and the invariants.
 
 pub mod accesslog;
+pub mod admin;
 pub mod config;
 pub mod handler;
 pub mod http;
@@ -18,6 +21,7 @@ pub mod leftpad;
 pub mod query;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod statsd;
 pub mod telemetry;
 pub mod worker;

@@ -2,8 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc, counting allocations per thread for `/debug/vars`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: leftpad::stats::CountingAllocator = leftpad::stats::CountingAllocator;
 
 fn main() -> ExitCode {
     leftpad::server::run(leftpad::config::Config::parse())

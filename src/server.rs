@@ -12,8 +12,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accesslog::{LogStats, Writer};
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::runtime::DriverReport;
+use crate::stats::WorkerStats;
 use crate::worker::{self, Shared, WorkerSpec};
 
 /// Exit code for a failure at startup (a bad flag value is clap's 2).
@@ -54,8 +56,22 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         None => None,
     };
 
+    // Bound before the workers start, so a taken admin port stops everything cleanly.
+    let admin_listener = match config.admin {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                format!("cannot listen on --admin {addr}: the address is already in use; choose another --admin or --admin off")
+            } else {
+                format!("cannot listen on --admin {addr}: {e}")
+            }
+        })?),
+        None => None,
+    };
+
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
+    let mut worker_stats: Vec<&'static WorkerStats> = Vec::with_capacity(workers);
+    let mut log_stats = Vec::new();
     let (events, events_rx) = mpsc::channel();
     // Registered before any worker starts, so no signal is missed or fatal.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -73,6 +89,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
                     .try_clone()
                     .map_err(|e| format!("cannot open --access-log {target}: {e}"))?;
                 let stats = Arc::new(LogStats::default());
+                log_stats.push(stats.clone());
                 let threshold = config.log_buffer as usize;
                 Some(
                     Writer::start(
@@ -88,6 +105,9 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
             }
             _ => None,
         };
+        // One slot per worker for the life of the process.
+        let stats: &'static WorkerStats = Box::leak(Box::default());
+        worker_stats.push(stats);
         let spec = WorkerSpec {
             id,
             cpu,
@@ -95,6 +115,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
             config: config.clone(),
             shared: shared.clone(),
             log,
+            stats,
         };
         let ready = ready.clone();
         let events = events.clone();
@@ -119,7 +140,21 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
             Err(_) => return Err("a worker thread died while starting".into()),
         }
     }
-    eprintln!("{}", summary(&config, local, workers, &pinned, &drivers));
+    let admin_addr = match admin_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let names = drivers.iter().map(ToString::to_string).collect();
+            let state = Arc::new(AdminState::new(worker_stats, log_stats, names));
+            admin::start(listener, state)
+                .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+            addr
+        }
+        None => None,
+    };
+    eprintln!(
+        "{}",
+        summary(&config, local, workers, &pinned, &drivers, admin_addr)
+    );
 
     std::thread::Builder::new()
         .name("leftpad-signals".into())
@@ -203,6 +238,7 @@ fn summary(
     workers: usize,
     cpus: &[usize],
     drivers: &[DriverReport],
+    admin: Option<SocketAddr>,
 ) -> String {
     let cpus = if cpus.is_empty() {
         "unpinned".to_owned()
@@ -231,9 +267,13 @@ fn summary(
         ),
         None => "statsd off".to_owned(),
     };
+    let admin = match admin {
+        Some(addr) => format!("admin http://{addr}/debug/pprof/"),
+        None => "admin off".to_owned(),
+    };
     format!(
         "leftpad {}: listening on http://{local}, {workers} worker(s) {cpus}, driver {driver}, \
-         {log}, {statsd}, max-len {}, max-connections {}",
+         {log}, {statsd}, {admin}, max-len {}, max-connections {}",
         env!("CARGO_PKG_VERSION"),
         config.max_len,
         config.max_connections,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::accesslog::{AccessLog, Line, LineTime};
 use crate::http::conn::Record;
+use crate::stats::WorkerStats;
 use crate::statsd::Metrics;
 
 /// Sends one StatsD datagram; false if it could not be sent. Called once per packet
@@ -24,16 +25,23 @@ pub struct Telemetry {
     pub metrics: Option<(Metrics, PacketSender)>,
     /// Filled by `Conn::process`, emptied by `record_batch`; reused.
     pub records: Vec<Record>,
+    /// The worker's counters for `/debug/vars`.
+    stats: &'static WorkerStats,
     time: LineTime,
     clock: WallClock,
 }
 
 impl Telemetry {
-    pub fn new(log: Option<AccessLog>, metrics: Option<(Metrics, PacketSender)>) -> Telemetry {
+    pub fn new(
+        log: Option<AccessLog>,
+        metrics: Option<(Metrics, PacketSender)>,
+        stats: &'static WorkerStats,
+    ) -> Telemetry {
         Telemetry {
             log,
             metrics,
             records: Vec::with_capacity(64),
+            stats,
             time: LineTime::default(),
             clock: WallClock::new(),
         }
@@ -43,7 +51,9 @@ impl Telemetry {
     pub fn record_batch(&mut self, input: &[u8], peer: &[u8], handling: Duration, now: Instant) {
         let micros = handling.as_micros() as u64;
         let unix_ms = self.clock.unix_ms(now);
+        self.stats.requests.add(self.records.len() as u64);
         for record in &self.records {
+            self.stats.response(record.status.0);
             if let Some(log) = &mut self.log {
                 let line = Line {
                     target: record.target.get(input),
@@ -63,6 +73,15 @@ impl Telemetry {
             if log.is_full() {
                 log.ship();
             }
+        }
+        self.publish_metric_stats();
+    }
+
+    fn publish_metric_stats(&self) {
+        if let Some((metrics, _)) = &self.metrics {
+            self.stats.statsd_lines.set(metrics.stats.lines);
+            self.stats.statsd_packets.set(metrics.stats.packets);
+            self.stats.statsd_send_errors.set(metrics.stats.send_errors);
         }
     }
 
@@ -84,6 +103,7 @@ impl Telemetry {
         if let Some((metrics, send)) = &mut self.metrics {
             metrics.flush(send);
         }
+        self.publish_metric_stats();
     }
 
     /// Everything out, waiting for the log writer if need be (shutdown). The log's

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::{timeout_at, Instant};
 use slab::Slab;
@@ -31,6 +31,7 @@ use crate::http::request::Limits;
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
 use crate::runtime::{DriverReport, Runtime};
+use crate::stats::{self, WorkerStats};
 use crate::statsd::{Client, Metrics};
 use crate::telemetry::{PacketSender, Telemetry};
 
@@ -43,6 +44,8 @@ const WRITE_BUF: usize = 4096;
 /// discarding) so that the client sees the last response rather than a reset.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
+/// While draining, how long a connection that has not sent anything yet gets to do so.
+const DRAIN_FIRST_READ: Duration = Duration::from_millis(200);
 
 /// The little that workers share: written by the signal thread and at accept/close.
 #[derive(Default)]
@@ -63,6 +66,8 @@ pub struct WorkerSpec {
     pub shared: Arc<Shared>,
     /// The worker's access-log buffer and the writer thread behind it (None: log off).
     pub log: Option<(AccessLog, Writer)>,
+    /// The worker's counters for `/debug/vars` (it is their only writer).
+    pub stats: &'static WorkerStats,
 }
 
 /// The worker thread's body: pin, build the runtime, report the driver, serve until
@@ -71,6 +76,7 @@ pub fn run(mut spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverRep
     if let Some(cpu) = spec.cpu {
         core_affinity::set_for_current(cpu);
     }
+    stats::count_allocations_into(&spec.stats.allocations);
     let (log, writer) = spec.log.take().unzip();
     match Runtime::build(spec.config.driver, spec.config.uring_setup) {
         Ok(mut runtime) => {
@@ -93,10 +99,12 @@ struct Worker {
     config: Arc<Config>,
     limits: Limits,
     shared: Arc<Shared>,
-    listener_fd: RawFd,
+    /// Cancels the pending accept at drain (then `None`: accept no more).
+    accept_canceller: RefCell<Option<Canceller>>,
     date: RefCell<HttpDate>,
     app: RefCell<App>,
     telemetry: RefCell<Telemetry>,
+    stats: &'static WorkerStats,
     /// Open connections: their fds, and whether each waits idle between requests.
     conns: RefCell<Slab<ConnSlot>>,
     draining: Cell<bool>,
@@ -108,6 +116,7 @@ struct ConnSlot {
 }
 
 async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
+    let backlog = spec.listener.try_clone();
     let listener = match TcpListener::from_std(spec.listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -134,16 +143,24 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
     let worker = Rc::new(Worker {
         limits: spec.config.limits(),
         app: RefCell::new(App::new(spec.config.max_len)),
-        telemetry: RefCell::new(Telemetry::new(log, metrics)),
+        telemetry: RefCell::new(Telemetry::new(log, metrics, spec.stats)),
+        stats: spec.stats,
         config: spec.config,
         shared: spec.shared,
-        listener_fd: listener.as_raw_fd(),
+        accept_canceller: RefCell::new(Some(Canceller::new())),
         date: RefCell::new(HttpDate::new(SystemTime::now())),
         conns: RefCell::new(Slab::new()),
         draining: Cell::new(false),
     });
     monoio::spawn(tick(worker.clone()));
     accept_loop(&worker, &listener).await;
+    match backlog {
+        Ok(backlog) => sweep_backlog(&worker, &backlog),
+        Err(e) => eprintln!(
+            "leftpad: worker {}: cannot take in the backlog at shutdown: {e}",
+            spec.id
+        ),
+    }
     drop(listener);
     drain(&worker).await;
     // Every answered request's line is in the log buffer: hand it all to the writer.
@@ -195,10 +212,13 @@ impl Worker {
     /// Stops accepting and closes idle connections; busy ones close after their answer.
     fn begin_drain(&self) {
         self.draining.set(true);
-        // shutdown() on a listening socket wakes a pending accept with an error, and on a
-        // connection makes its pending read return end-of-file: that is how the waiting
-        // tasks learn of the drain without a waker registry.
-        shutdown_fd(self.listener_fd, libc::SHUT_RD);
+        // The pending accept is cancelled (not the listener shut down: that would reset
+        // the connections waiting in its backlog). On an idle connection, shutdown()
+        // makes the pending read return end-of-file (after any bytes already received):
+        // that is how waiting tasks learn of the drain without a waker registry.
+        if let Some(canceller) = self.accept_canceller.borrow_mut().take() {
+            canceller.cancel();
+        }
         for (_, slot) in self.conns.borrow().iter() {
             if slot.idle {
                 shutdown_fd(slot.fd, libc::SHUT_RD);
@@ -249,27 +269,18 @@ fn shutdown_fd(fd: RawFd, how: libc::c_int) {
 async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
     let mut warned = false;
     loop {
-        let accepted = listener.accept().await;
-        if worker.draining.get() {
+        let Some(cancel) = worker
+            .accept_canceller
+            .borrow()
+            .as_ref()
+            .map(Canceller::handle)
+        else {
             return;
-        }
+        };
+        let accepted = listener.cancelable_accept(cancel).await;
         match accepted {
-            Ok((stream, peer)) => {
-                if !worker.admit() {
-                    refuse(worker, &stream);
-                    worker.record_unparsed(Status::SERVICE_UNAVAILABLE, &PeerText::new(peer));
-                    continue;
-                }
-                let key = worker.conns.borrow_mut().insert(ConnSlot {
-                    fd: stream.as_raw_fd(),
-                    idle: true,
-                });
-                let registration = Registration {
-                    worker: worker.clone(),
-                    key,
-                };
-                monoio::spawn(serve_connection(registration, stream, peer));
-            }
+            Ok((stream, peer)) => accepted_connection(worker, stream, peer),
+            Err(_) if worker.draining.get() => return,
             Err(e) => {
                 // Out of fds or memory: back off instead of spinning on the error.
                 if !warned {
@@ -280,6 +291,44 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
                 }
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+/// Takes a new connection in: serves it, or refuses it over `--max-connections`.
+fn accepted_connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    if !worker.admit() {
+        refuse(worker, &stream);
+        worker.record_unparsed(Status::SERVICE_UNAVAILABLE, &PeerText::new(peer));
+        return;
+    }
+    worker.stats.connections_accepted.add(1);
+    worker.stats.connections_open.add(1);
+    let key = worker.conns.borrow_mut().insert(ConnSlot {
+        fd: stream.as_raw_fd(),
+        idle: false,
+    });
+    let registration = Registration {
+        worker: worker.clone(),
+        key,
+    };
+    monoio::spawn(serve_connection(registration, stream, peer));
+}
+
+/// At drain: takes in the connections already waiting in the listener's backlog (their
+/// clients may have sent requests before the signal), so closing the listener does not
+/// reset them. `backlog` is a clone of the listening socket, non-blocking.
+fn sweep_backlog(worker: &Rc<Worker>, backlog: &std::net::TcpListener) {
+    // Bounded: a flood of new connections cannot keep the drain going.
+    for _ in 0..4096 {
+        let Ok((stream, peer)) = backlog.accept() else {
+            return;
+        };
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            accepted_connection(worker, stream, peer);
         }
     }
 }
@@ -318,6 +367,7 @@ impl Drop for Registration {
             .shared
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+        self.worker.stats.connections_open.sub(1);
     }
 }
 
@@ -388,6 +438,8 @@ async fn connection_loop(
     let mut conn = Conn::new();
     let mut head_deadline: Option<Instant> = None;
     let mut read_at = Instant::now();
+    // Until its first read, a connection may hold requests sent before a shutdown signal.
+    let mut fresh = true;
     loop {
         let mut more_buffered = false;
         if !input.is_empty() {
@@ -417,6 +469,7 @@ async fn connection_loop(
             let buf = std::mem::take(output);
             match timeout_at(deadline, stream.write_all(buf)).await {
                 Ok((Ok(_), mut buf)) => {
+                    worker.stats.bytes_out.add(buf.len() as u64);
                     buf.clear();
                     *output = buf;
                 }
@@ -429,6 +482,7 @@ async fn connection_loop(
         }
         let deadline = match waiting {
             Waiting::Done => return End::Close,
+            Waiting::Idle if worker.draining.get() && fresh => Instant::now() + DRAIN_FIRST_READ,
             Waiting::Idle if worker.draining.get() => return End::Close,
             Waiting::Idle | Waiting::Body => {
                 head_deadline = None;
@@ -452,8 +506,10 @@ async fn connection_loop(
         }
         match read {
             Ok((Ok(n), buf)) if n > 0 => {
+                fresh = false;
                 *input = buf.into_inner();
                 read_at = Instant::now();
+                worker.stats.bytes_in.add(n as u64);
             }
             Ok(_) => return End::Gone,
             Err(_) if waiting == Waiting::Head => return End::HeadTimeout,

@@ -20,6 +20,7 @@ impl Status {
     pub const NOT_FOUND: Status = Status(404);
     pub const METHOD_NOT_ALLOWED: Status = Status(405);
     pub const REQUEST_TIMEOUT: Status = Status(408);
+    pub const CONFLICT: Status = Status(409);
     pub const CONTENT_TOO_LARGE: Status = Status(413);
     pub const URI_TOO_LONG: Status = Status(414);
     pub const HEADERS_TOO_LARGE: Status = Status(431);
@@ -35,6 +36,7 @@ impl Status {
             404 => b"404 Not Found",
             405 => b"405 Method Not Allowed",
             408 => b"408 Request Timeout",
+            409 => b"409 Conflict",
             413 => b"413 Content Too Large",
             414 => b"414 URI Too Long",
             431 => b"431 Request Header Fields Too Large",

@@ -12,6 +12,8 @@ pub const DRIVERS: [&str; 2] = ["io-uring", "epoll"];
 
 pub struct Server {
     pub addr: SocketAddr,
+    /// The admin listener's address, when it is on.
+    pub admin: Option<SocketAddr>,
     child: Child,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<Vec<u8>>>,
@@ -31,6 +33,10 @@ impl Server {
         }
         if !args.contains(&"--workers") {
             cmd.args(["--workers", "1"]);
+        }
+        // Tests run in parallel: each server gets its own free admin port.
+        if !args.contains(&"--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
         }
         cmd.args(args)
             .envs(env.iter().copied())
@@ -75,8 +81,16 @@ impl Server {
                 panic!("leftpad did not start: {}", log.lock().unwrap());
             }
         };
+        let admin = log
+            .lock()
+            .unwrap()
+            .split("admin http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok());
         Server {
             addr,
+            admin,
             child,
             stderr: log,
             stdout,

@@ -1,0 +1,485 @@
+//! The admin listener: pprof-compatible CPU profiles, flame graphs and live counters, on
+//! a port of its own (loopback by default), served by a plain blocking thread so it
+//! never takes a worker's time. Go registers `net/http/pprof` on the public mux; here the
+//! public port does not know `/debug/` at all.
+//!
+//! - `GET /debug/pprof/profile?seconds=N`: a CPU profile of the whole process (every
+//!   worker) in pprof's protobuf format, gzip-compressed as Go serves it, so
+//!   `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5` works.
+//! - `GET /debug/pprof/flamegraph?seconds=N`: the same profile as an SVG flame graph.
+//! - `GET /debug/pprof/`: an index. `GET /debug/vars`: JSON counters, like Go's expvar.
+//!
+//! Profiling uses the `pprof` crate: `setitimer(ITIMER_PROF)` at 100 Hz and a SIGPROF
+//! handler that walks the interrupted thread's stack. Its unwinder is chosen for the
+//! signal handler: frame pointers (the crate's `frame-pointer` feature; every crate here
+//! is built with frame pointers), which read memory only after validating each address,
+//! and take no lock and allocate nothing, unlike the libgcc unwinder, which can deadlock
+//! or crash in a signal handler. libc, libgcc, pthread and the vDSO are block-listed:
+//! they are built without frame pointers, so a sample that lands inside them is dropped
+//! rather than walked wrongly. Time spent inside those libraries (mostly the syscall
+//! wrappers around io_uring_enter) is therefore missing from profiles; `perf` shows it.
+//! No profiler runs until one is asked for, so profiling costs nothing otherwise.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::accesslog::LogStats;
+use crate::http::date::HttpDate;
+use crate::http::request::{self, Limits, Method, Parsed, Request};
+use crate::http::response::{Connection, Response};
+use crate::http::Status;
+use crate::stats::{WorkerStats, OTHER_ALLOCATED_BYTES, OTHER_ALLOCATIONS};
+
+/// Samples per second: pprof's and Go's default.
+const PROFILE_HZ: i32 = 100;
+const MAX_SECONDS: u64 = 300;
+/// Libraries without frame pointers: samples inside them are dropped, not mis-walked.
+const BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
+/// Admin connections served at once; more get a 503.
+const MAX_CLIENTS: usize = 16;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the admin pages read: the workers' counters and how the process started.
+pub struct AdminState {
+    pub workers: Vec<&'static WorkerStats>,
+    /// Per worker, when the access log is on.
+    pub logs: Vec<Arc<LogStats>>,
+    pub drivers: Vec<String>,
+    pub started: Instant,
+    profiling: AtomicBool,
+    clients: AtomicUsize,
+}
+
+impl AdminState {
+    pub fn new(
+        workers: Vec<&'static WorkerStats>,
+        logs: Vec<Arc<LogStats>>,
+        drivers: Vec<String>,
+    ) -> AdminState {
+        AdminState {
+            workers,
+            logs,
+            drivers,
+            started: Instant::now(),
+            profiling: AtomicBool::new(false),
+            clients: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Serves `listener` on a thread of its own, one short-lived thread per client.
+pub fn start(listener: TcpListener, state: Arc<AdminState>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("leftpad-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if state.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+                    state.clients.fetch_sub(1, Ordering::Relaxed);
+                    let _ = answer(
+                        stream,
+                        Status::SERVICE_UNAVAILABLE,
+                        "too many admin clients",
+                    );
+                    continue;
+                }
+                let state = state.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("leftpad-admin-client".into())
+                    .spawn(move || {
+                        serve_client(stream, &state);
+                        state.clients.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if spawned.is_err() {
+                    eprintln!("leftpad: admin: cannot start a client thread");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// A finished answer: status, content type, extra header lines, body.
+struct Page {
+    status: Status,
+    content_type: &'static str,
+    extra_headers: &'static [u8],
+    body: Vec<u8>,
+}
+
+impl Page {
+    fn error(status: Status, message: &str) -> Page {
+        let mut body = Vec::new();
+        body.extend_from_slice(b"{\"error\":\"");
+        crate::json::write_escaped(&mut body, message);
+        body.extend_from_slice(b"\"}\n");
+        Page {
+            status,
+            content_type: crate::http::response::JSON,
+            extra_headers: b"",
+            body,
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, status: Status, message: &str) -> io::Result<()> {
+    write_page(&mut stream, false, Page::error(status, message))
+}
+
+fn write_page(stream: &mut TcpStream, head_only: bool, page: Page) -> io::Result<()> {
+    let mut out = Vec::with_capacity(page.body.len() + 256);
+    let date = HttpDate::new(SystemTime::now());
+    Response::new(&mut out, date.as_bytes(), head_only, Connection::Close).send(
+        page.status,
+        page.content_type,
+        page.extra_headers,
+        page.body.len(),
+        |out| out.extend_from_slice(&page.body),
+    );
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(&out)
+}
+
+fn serve_client(mut stream: TcpStream, state: &AdminState) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let limits = Limits {
+        max_head_size: 8192,
+        max_headers: 64,
+        max_body_size: 0,
+    };
+    let mut buf = vec![0u8; limits.max_head_size];
+    let mut len = 0;
+    let page = loop {
+        match stream.read(&mut buf[len..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        match request::parse(&buf[..len], &limits) {
+            Parsed::Partial => continue,
+            Parsed::Rejected(reject) => {
+                break (false, Page::error(reject.status(), reject.message()))
+            }
+            Parsed::Complete { request, .. } => {
+                break (request.method == Method::Head, route(&request, state));
+            }
+        }
+    };
+    let (head_only, page) = page;
+    let _ = write_page(&mut stream, head_only, page);
+}
+
+fn route(request: &Request<'_>, state: &AdminState) -> Page {
+    if request.method == Method::Other {
+        return Page {
+            extra_headers: b"Allow: GET, HEAD\r\n",
+            ..Page::error(Status::METHOD_NOT_ALLOWED, "method not allowed: use GET")
+        };
+    }
+    match request.path {
+        b"/debug/pprof/" | b"/debug/pprof" => Page {
+            status: Status::OK,
+            content_type: "text/html; charset=utf-8",
+            extra_headers: b"",
+            body: INDEX.as_bytes().to_vec(),
+        },
+        b"/debug/pprof/profile" => profile_page(request.query, state, Format::Pprof),
+        b"/debug/pprof/flamegraph" => profile_page(request.query, state, Format::Flamegraph),
+        b"/debug/vars" => Page {
+            status: Status::OK,
+            content_type: crate::http::response::JSON,
+            extra_headers: b"",
+            body: vars(state).into_bytes(),
+        },
+        _ => Page::error(
+            Status::NOT_FOUND,
+            "not found: see /debug/pprof/ and /debug/vars",
+        ),
+    }
+}
+
+const INDEX: &str = "<!DOCTYPE html>
+<html><head><title>leftpad admin</title></head><body>
+<h1>leftpad admin</h1>
+<ul>
+<li><a href=\"/debug/pprof/profile?seconds=30\">/debug/pprof/profile?seconds=30</a>:
+CPU profile of every worker, pprof protobuf (gzip). Use
+<code>go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5</code></li>
+<li><a href=\"/debug/pprof/flamegraph?seconds=5\">/debug/pprof/flamegraph?seconds=5</a>:
+the same profile as an SVG flame graph</li>
+<li><a href=\"/debug/vars\">/debug/vars</a>: counters per worker and in total (JSON)</li>
+</ul>
+<p>One profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>
+</body></html>
+";
+
+enum Format {
+    Pprof,
+    Flamegraph,
+}
+
+/// `seconds=N` from the query: 1 to 300, 30 when absent.
+fn seconds(query: &str) -> Result<u64, String> {
+    let value = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(name, _)| *name == "seconds")
+        .map(|(_, value)| value);
+    match value {
+        None => Ok(30),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if (1..=MAX_SECONDS).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "seconds must be a whole number from 1 to {MAX_SECONDS}, not '{text}'"
+            )),
+        },
+    }
+}
+
+fn profile_page(query: &str, state: &AdminState, format: Format) -> Page {
+    let seconds = match seconds(query) {
+        Ok(seconds) => seconds,
+        Err(message) => return Page::error(Status::BAD_REQUEST, &message),
+    };
+    let report = match take_profile(state, seconds) {
+        Ok(report) => report,
+        Err(page) => return page,
+    };
+    let encoded = match format {
+        Format::Pprof => pprof_gzip(&report).map(|body| Page {
+            status: Status::OK,
+            content_type: "application/octet-stream",
+            extra_headers: b"Content-Disposition: attachment; filename=\"profile\"\r\n",
+            body,
+        }),
+        Format::Flamegraph => {
+            let mut body = Vec::new();
+            report
+                .flamegraph(&mut body)
+                .map(|()| Page {
+                    status: Status::OK,
+                    content_type: "image/svg+xml",
+                    extra_headers: b"",
+                    body,
+                })
+                .map_err(|e| e.to_string())
+        }
+    };
+    encoded.unwrap_or_else(|e| Page::error(Status(500), &format!("cannot encode the profile: {e}")))
+}
+
+/// Samples the whole process for `seconds`; one profile at a time.
+fn take_profile(state: &AdminState, seconds: u64) -> Result<pprof::Report, Page> {
+    if state.profiling.swap(true, Ordering::AcqRel) {
+        return Err(Page::error(
+            Status::CONFLICT,
+            "a profile is already being taken: wait for it to finish and retry",
+        ));
+    }
+    let result = pprof::ProfilerGuardBuilder::default()
+        .frequency(PROFILE_HZ)
+        .blocklist(&BLOCKLIST)
+        .build()
+        .and_then(|guard| {
+            std::thread::sleep(Duration::from_secs(seconds));
+            guard.report().build()
+        })
+        .map_err(|e| Page::error(Status(500), &format!("cannot take a CPU profile: {e}")));
+    state.profiling.store(false, Ordering::Release);
+    result
+}
+
+fn pprof_gzip(report: &pprof::Report) -> Result<Vec<u8>, String> {
+    use pprof::protos::Message;
+    let profile = report.pprof().map_err(|e| e.to_string())?;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&profile.encode_to_vec())
+        .and_then(|()| gzip.finish())
+        .map_err(|e| e.to_string())
+}
+
+/// `/debug/vars`: per worker and total counters, as JSON.
+fn vars(state: &AdminState) -> String {
+    let workers: Vec<Vars> = state
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Vars::of(w, state.logs.get(i).map(|l| &**l)))
+        .collect();
+    let mut total = Vars::default();
+    for w in &workers {
+        total.add(w);
+    }
+    let each: Vec<String> = workers
+        .iter()
+        .zip(&state.drivers)
+        .enumerate()
+        .map(|(i, (w, driver))| {
+            format!(
+                "{{\"worker\":{i},\"driver\":{},{}}}",
+                json_string(driver),
+                w.json()
+            )
+        })
+        .collect();
+    format!(
+        "{{\"uptime_seconds\":{:.3},\"profiling\":{},\"total\":{{{},\"other_threads_heap\":{{\"allocations\":{},\"bytes\":{}}}}},\"workers\":[{}]}}\n",
+        state.started.elapsed().as_secs_f64(),
+        state.profiling.load(Ordering::Relaxed),
+        total.json(),
+        OTHER_ALLOCATIONS.load(Ordering::Relaxed),
+        OTHER_ALLOCATED_BYTES.load(Ordering::Relaxed),
+        each.join(","),
+    )
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = b"\"".to_vec();
+    crate::json::write_escaped(&mut out, text);
+    out.push(b'"');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Names of the `/debug/vars` counters, grouped as they appear in the JSON.
+const GROUPS: [(&str, &[&str]); 7] = [
+    ("requests", &["total"]),
+    ("responses", &["1xx", "2xx", "3xx", "4xx", "5xx"]),
+    ("connections", &["open", "accepted"]),
+    ("bytes", &["in", "out"]),
+    (
+        "access_log",
+        &["lines", "bytes_written", "write_errors", "dropped"],
+    ),
+    ("statsd", &["lines", "packets", "send_errors"]),
+    ("heap", &["allocations", "bytes"]),
+];
+
+const FIELDS: usize = {
+    let (mut n, mut i) = (0, 0);
+    while i < GROUPS.len() {
+        n += GROUPS[i].1.len();
+        i += 1;
+    }
+    n
+};
+
+/// A snapshot of one worker's counters (or their sum), in the order of [`GROUPS`].
+#[derive(Default)]
+struct Vars {
+    values: [u64; FIELDS],
+}
+
+impl Vars {
+    fn of(w: &WorkerStats, log: Option<&LogStats>) -> Vars {
+        let log = |field: fn(&LogStats) -> &std::sync::atomic::AtomicU64| {
+            log.map_or(0, |l| field(l).load(Ordering::Relaxed))
+        };
+        Vars {
+            values: [
+                w.requests.get(),
+                w.responses[0].get(),
+                w.responses[1].get(),
+                w.responses[2].get(),
+                w.responses[3].get(),
+                w.responses[4].get(),
+                w.connections_open.get(),
+                w.connections_accepted.get(),
+                w.bytes_in.get(),
+                w.bytes_out.get(),
+                log(|l| &l.lines),
+                log(|l| &l.bytes_written),
+                log(|l| &l.write_errors),
+                log(|l| &l.dropped),
+                w.statsd_lines.get(),
+                w.statsd_packets.get(),
+                w.statsd_send_errors.get(),
+                w.allocations.count.get(),
+                w.allocations.bytes.get(),
+            ],
+        }
+    }
+
+    fn add(&mut self, other: &Vars) {
+        for (a, b) in self.values.iter_mut().zip(other.values) {
+            *a += b;
+        }
+    }
+
+    /// `"requests":{"total":1},"responses":{...},...` (no outer braces).
+    fn json(&self) -> String {
+        let mut values = self.values.iter();
+        let groups: Vec<String> = GROUPS
+            .iter()
+            .map(|(group, names)| {
+                let fields: Vec<String> = names
+                    .iter()
+                    .map(|name| format!("\"{name}\":{}", values.next().copied().unwrap_or(0)))
+                    .collect();
+                format!("\"{group}\":{{{}}}", fields.join(","))
+            })
+            .collect();
+        groups.join(",")
+    }
+}
+
+/// The admin address from `--admin`, or `None` for `off`.
+pub fn parse_flag(text: &str) -> Result<Option<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    if text == "off" {
+        return Ok(None);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(Some)
+        .ok_or_else(|| {
+            format!("cannot use '{text}': expected HOST:PORT such as 127.0.0.1:6060, or off")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parameter() {
+        assert_eq!(seconds(""), Ok(30));
+        assert_eq!(seconds("seconds=5"), Ok(5));
+        assert_eq!(seconds("debug=1&seconds=300"), Ok(300));
+        for bad in [
+            "seconds=0",
+            "seconds=301",
+            "seconds=abc",
+            "seconds=",
+            "seconds=-1",
+            "seconds",
+        ] {
+            assert!(seconds(bad).unwrap_err().contains("from 1 to 300"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vars_json_sums_workers() {
+        let a: &'static WorkerStats = Box::leak(Box::default());
+        let b: &'static WorkerStats = Box::leak(Box::default());
+        a.requests.add(2);
+        b.requests.add(3);
+        b.response(404);
+        let state = AdminState::new(
+            vec![a, b],
+            Vec::new(),
+            vec!["io_uring".into(), "epoll".into()],
+        );
+        let json = vars(&state);
+        assert!(json.contains("\"total\":{\"requests\":{\"total\":5},\"responses\":{\"1xx\":0,\"2xx\":0,\"3xx\":0,\"4xx\":1,\"5xx\":0}"), "{json}");
+        assert!(
+            json.contains("{\"worker\":1,\"driver\":\"epoll\",\"requests\":{\"total\":3}"),
+            "{json}"
+        );
+        assert_eq!(
+            GROUPS.iter().map(|(_, n)| n.len()).sum::<usize>(),
+            Vars::default().values.len()
+        );
+    }
+}

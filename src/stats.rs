@@ -1,0 +1,169 @@
+//! Live counters for `/debug/vars`, written without contention.
+//!
+//! Each worker owns one [`WorkerStats`] slot, padded to its own cache lines, and is its
+//! only writer: it updates with a relaxed load and store (no locked read-modify-write),
+//! once per batch or per connection, never across workers. The admin thread only reads,
+//! and sums the slots when asked.
+//!
+//! [`CountingAllocator`] wraps mimalloc and counts allocations per thread the same way:
+//! a thread that registers a slot counts into it; any other thread into a shared pair
+//! of atomics (those threads are not on the request path).
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter with a single writer: `add` is a plain load and store, not a locked
+/// read-modify-write, and readers on other threads see a recent value.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One worker's counters. 128-byte alignment keeps two workers' slots off the same
+/// cache line and off adjacent lines the prefetcher pairs.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    pub requests: Counter,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [Counter; 5],
+    pub connections_open: Counter,
+    pub connections_accepted: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub statsd_lines: Counter,
+    pub statsd_packets: Counter,
+    pub statsd_send_errors: Counter,
+    pub allocations: AllocCounters,
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].add(1);
+    }
+}
+
+/// Allocation counters of one thread.
+#[derive(Default, Debug)]
+pub struct AllocCounters {
+    pub count: Counter,
+    pub bytes: Counter,
+}
+
+thread_local! {
+    static THREAD_SLOT: Cell<Option<&'static AllocCounters>> = const { Cell::new(None) };
+}
+
+/// Allocations by threads without a slot of their own (main, admin, log writers).
+pub static OTHER_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+pub static OTHER_ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Makes this thread count its allocations into `slot` (a worker, once at start).
+pub fn count_allocations_into(slot: &'static AllocCounters) {
+    THREAD_SLOT.with(|s| s.set(Some(slot)));
+}
+
+/// mimalloc, counting allocations (number and bytes) per thread for `/debug/vars`.
+pub struct CountingAllocator;
+
+#[inline]
+fn count(size: usize) {
+    // `try_with`: during thread teardown the slot may be gone; count it as "other".
+    let counted = THREAD_SLOT
+        .try_with(|slot| match slot.get() {
+            Some(counters) => {
+                counters.count.add(1);
+                counters.bytes.add(size as u64);
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false);
+    if !counted {
+        OTHER_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        OTHER_ALLOCATED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to mimalloc, which upholds the GlobalAlloc
+// contract; counting only touches a const-initialised thread-local and atomics, neither
+// of which allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_and_classify() {
+        let stats = WorkerStats::default();
+        stats.requests.add(3);
+        for status in [200, 204, 404, 503, 101, 999] {
+            stats.response(status);
+        }
+        let classes: Vec<u64> = stats.responses.iter().map(Counter::get).collect();
+        assert_eq!(classes, [1, 2, 0, 1, 2]);
+        assert_eq!(stats.requests.get(), 3);
+        assert_eq!(std::mem::align_of::<WorkerStats>(), 128);
+    }
+
+    #[test]
+    fn a_registered_thread_counts_into_its_slot() {
+        let slot: &'static AllocCounters = Box::leak(Box::default());
+        std::thread::spawn(move || {
+            count_allocations_into(slot);
+            count(100);
+            count(28);
+        })
+        .join()
+        .unwrap();
+        assert_eq!((slot.count.get(), slot.bytes.get()), (2, 128));
+    }
+}

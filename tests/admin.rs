@@ -1,0 +1,222 @@
+//! The admin listener (SPEC §5): pprof profiles read by the real `go tool pprof`, flame
+//! graphs, one profile at a time, `/debug/vars`, and nothing of it on the public port.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{exchange, get, read_response, Response, Server};
+
+/// One request to the admin port; returns the response with its body.
+fn admin_get(admin: SocketAddr, target: &str) -> Response {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(&mut s, false).expect("an admin response")
+}
+
+/// Keeps `server` busy with pipelined leftpad requests until the returned flag is set.
+fn load(server: &Server) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let addr = server.addr;
+    let thread = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let batch = get("/v1/leftpad/?str=profile&len=64&chr=%E2%98%83").repeat(16);
+        let mut answered = 0;
+        while !flag.load(Ordering::Relaxed) {
+            s.write_all(&batch).unwrap();
+            for _ in 0..16 {
+                assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+                answered += 1;
+            }
+        }
+        answered
+    });
+    (stop, thread)
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("gzip");
+    out
+}
+
+#[test]
+fn a_profile_under_load_is_read_by_go_tool_pprof() {
+    let server = Server::start(&["--workers", "2", "--access-log", "off", "--statsd", "off"]);
+    let admin = server.admin.expect("admin address in the startup line");
+    let (stop, loader) = load(&server);
+    let profile = admin_get(admin, "/debug/pprof/profile?seconds=2");
+    stop.store(true, Ordering::Relaxed);
+    assert!(loader.join().unwrap() > 1000);
+
+    assert_eq!(profile.status, 200);
+    assert_eq!(
+        profile.header("Content-Type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(&profile.body[..2], &[0x1f, 0x8b], "gzip magic");
+    assert!(gunzip(&profile.body).len() > 100, "a non-trivial protobuf");
+
+    let path = std::env::temp_dir().join(format!("leftpad-{}.pb.gz", std::process::id()));
+    std::fs::write(&path, &profile.body).unwrap();
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-nodecount=500"])
+        .arg(&path)
+        .output()
+        .expect("`go` is needed for this test: apt-get install golang-go (or run .ci/run)");
+    let _ = std::fs::remove_file(&path);
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        top.contains("leftpad::"),
+        "no leftpad function in the profile:\n{top}"
+    );
+}
+
+#[test]
+fn flame_graph_is_svg() {
+    let server = Server::start(&["--access-log", "off", "--statsd", "off"]);
+    let (stop, loader) = load(&server);
+    let svg = admin_get(server.admin.unwrap(), "/debug/pprof/flamegraph?seconds=1");
+    stop.store(true, Ordering::Relaxed);
+    loader.join().unwrap();
+    assert_eq!(svg.status, 200);
+    assert_eq!(svg.header("Content-Type"), Some("image/svg+xml"));
+    let text = svg.text();
+    assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"));
+}
+
+#[test]
+fn one_profile_at_a_time_and_bad_seconds() {
+    let server = Server::start(&[]);
+    let admin = server.admin.unwrap();
+    let first = std::thread::spawn(move || admin_get(admin, "/debug/pprof/profile?seconds=2"));
+    std::thread::sleep(Duration::from_millis(500));
+    let second = admin_get(admin, "/debug/pprof/flamegraph?seconds=1");
+    assert_eq!(second.status, 409, "{}", second.text());
+    assert!(second.text().contains("already being taken"));
+    assert_eq!(first.join().unwrap().status, 200);
+    // Once it is done, the next one may run.
+    assert_eq!(
+        admin_get(admin, "/debug/pprof/profile?seconds=1").status,
+        200
+    );
+
+    for bad in ["0", "301", "abc", "-5", ""] {
+        let r = admin_get(admin, &format!("/debug/pprof/profile?seconds={bad}"));
+        assert_eq!(r.status, 400, "seconds={bad}");
+        assert!(r.text().contains("from 1 to 300"));
+    }
+}
+
+#[test]
+fn index_and_unknown_paths() {
+    let server = Server::start(&[]);
+    let admin = server.admin.unwrap();
+    let index = admin_get(admin, "/debug/pprof/");
+    assert_eq!(index.status, 200);
+    assert!(index.text().contains("/debug/pprof/profile") && index.text().contains("/debug/vars"));
+    assert_eq!(admin_get(admin, "/nope").status, 404);
+}
+
+/// A number in `/debug/vars` JSON: `path` is a list of keys from the top.
+fn json_number(json: &str, path: &[&str]) -> u64 {
+    let mut rest = json;
+    for key in path {
+        let at = rest
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} missing in {json}"));
+        rest = &rest[at + key.len() + 3..];
+    }
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap();
+    rest[..end].parse().unwrap()
+}
+
+#[test]
+fn vars_count_what_happens() {
+    let server = Server::start(&["--workers", "2", "--statsd-sample-rate", "1"]);
+    let admin = server.admin.unwrap();
+    let before = admin_get(admin, "/debug/vars");
+    assert_eq!(
+        before.header("Content-Type"),
+        Some("application/json; charset=utf-8")
+    );
+    let before = before.text();
+    assert!(before.contains("\"uptime_seconds\":"));
+    assert!(before.contains("\"driver\":\"io_uring") || before.contains("\"driver\":\"epoll"));
+
+    let mut s = server.connect();
+    for i in 0..40 {
+        let target = if i % 4 == 0 {
+            "/missing"
+        } else {
+            "/v1/leftpad/?str=x&len=4"
+        };
+        s.write_all(&get(target)).unwrap();
+        read_response(&mut s, false).unwrap();
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = admin_get(admin, "/debug/vars").text();
+    let grew = |path: &[&str]| json_number(&after, path) - json_number(&before, path);
+    assert_eq!(grew(&["total", "requests", "total"]), 40);
+    assert_eq!(grew(&["total", "responses", "2xx"]), 30);
+    assert_eq!(grew(&["total", "responses", "4xx"]), 10);
+    assert_eq!(grew(&["total", "connections", "accepted"]), 1);
+    assert_eq!(json_number(&after, &["total", "connections", "open"]), 0);
+    assert!(grew(&["total", "bytes", "in"]) > 40 * 30);
+    assert!(grew(&["total", "bytes", "out"]) > 40 * 100);
+    assert!(
+        grew(&["total", "access_log", "lines"]) <= 40,
+        "lines are published when shipped"
+    );
+    assert_eq!(grew(&["total", "statsd", "lines"]), 30 * 3 + 10);
+    assert!(json_number(&after, &["total", "heap", "allocations"]) > 0);
+}
+
+#[test]
+fn the_public_port_has_no_debug_pages() {
+    let server = Server::start(&[]);
+    for path in [
+        "/debug/pprof/",
+        "/debug/pprof/profile?seconds=1",
+        "/debug/vars",
+    ] {
+        assert_eq!(exchange(&server, &get(path)).0.status, 404, "{path}");
+    }
+}
+
+#[test]
+fn admin_off_and_admin_in_use() {
+    let server = Server::start(&["--admin", "off"]);
+    assert!(server.admin.is_none());
+    assert!(server.stderr().contains("admin off"));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_leftpad"))
+        .args(["--listen", "127.0.0.1:0", "--admin", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("--admin {addr}")) && stderr.contains("already in use"),
+        "{stderr}"
+    );
+}

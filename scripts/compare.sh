@@ -29,8 +29,8 @@ if [ ${#servers[@]} -eq 0 ]; then
   if command -v nginx >/dev/null; then servers+=(nginx); else echo "compare.sh: nginx not installed, skipping it" >&2; fi
 fi
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git status --porcelain 2>/dev/null)" ] && commit="$commit-dirty"
+source scripts/lib.sh
+commit=$(commit_id)
 outdir=${outdir:-bench-results/runs/$(date -u +%Y-%m-%d)-$commit}
 mkdir -p "$outdir"
 cargo build --release --quiet --bin leftpad --example floor

@@ -50,3 +50,12 @@ stop_server() {
 free_port() {
   echo $((20000 + RANDOM % 20000))
 }
+
+# The commit the figures come from; "-dirty" when code differs from it (results written
+# under bench-results/ do not count).
+commit_id() {
+  local id
+  id=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git status --porcelain -- . ':!bench-results' 2>/dev/null)" ] && id="$id-dirty"
+  echo "$id"
+}

@@ -15,8 +15,7 @@ while getopts "r:d:o:" opt; do
     *) sed -n '2,7p' "$0"; exit 2 ;;
   esac
 done
-commit=$(git rev-parse --short HEAD)
-[ -n "$(git status --porcelain)" ] && commit="$commit-dirty"
+commit=$(commit_id)
 outdir=${outdir:-bench-results/runs/$(date -u +%Y-%m-%d)-$commit-profile-cost}
 mkdir -p "$outdir"
 cargo build --release --quiet --bin leftpad

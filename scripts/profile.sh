@@ -22,6 +22,8 @@ shift $((OPTIND - 1))
 for tool in wrk go curl; do
   command -v "$tool" >/dev/null || { echo "profile.sh: $tool is not installed (see .ci/run)" >&2; exit 1; }
 done
+
+commit=$(commit_id)
 mkdir -p "$outdir"
 cargo build --release --quiet --bin leftpad
 
@@ -48,7 +50,7 @@ go tool pprof -top -nodecount=40 "$outdir/profile.pb.gz" >"$outdir/top.txt" 2>&1
 {
   echo "scripts/profile.sh -s $seconds -p $pipeline $*"
   echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD)$([ -n "$(git status --porcelain)" ] && echo ' (uncommitted changes)')"
+  echo "commit: $commit"
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
   echo "load: wrk -t1 -c64, pipeline $pipeline, server on CPU $server_cpu, wrk on CPU $load_cpu"
   grep -E "Requests/sec|requests in" "$workdir/wrk.txt"

@@ -16,8 +16,8 @@ while getopts "d:o:c:p:" opt; do
     *) sed -n '2,9p' "$0"; exit 2 ;;
   esac
 done
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git status --porcelain 2>/dev/null)" ] && commit="$commit-dirty"
+source scripts/lib.sh
+commit=$(commit_id)
 outdir=${outdir:-bench-results/runs/$(date -u +%Y-%m-%d)-$commit-sweep}
 mkdir -p "$outdir"
 # wrk needs a descriptor per connection.

@@ -17,7 +17,7 @@ for r in rows:
 colors = {"leftpad p1": "#d62728", "floor p1": "#1f77b4", "leftpad p16": "#ff9896", "floor p16": "#aec7e8"}
 conns = sorted({c for s in series.values() for c, _, _ in s})
 
-W, H, M = 460, 300, 60  # one panel
+W, H, M = 480, 300, 80  # one panel (M: room for the y labels)
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W + 40}" height="{H + 110}" font-family="sans-serif" font-size="12">',
        '<rect width="100%" height="100%" fill="white"/>',
        f'<text x="20" y="24" font-size="15" font-weight="bold">{title}</text>']

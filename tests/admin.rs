@@ -209,7 +209,7 @@ fn admin_off_and_admin_in_use() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_leftpad"))
+    let out = common::leftpad_command()
         .args(["--listen", "127.0.0.1:0", "--admin", &addr])
         .output()
         .unwrap();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{exchange, Server, DRIVERS};
+use common::{exchange, Server};
 use std::time::{Duration, SystemTime};
 
 fn agent() -> ureq::Agent {
@@ -23,7 +23,8 @@ fn get(server: &Server, path: &str) -> (u16, String, String) {
 
 #[test]
 fn the_article_example_on_both_drivers() {
-    for driver in DRIVERS {
+    for driver in common::drivers() {
+        let driver = driver.as_str();
         let server = Server::start(&["--driver", driver]);
         assert!(server.stderr().contains(match driver {
             "epoll" => "driver epoll",

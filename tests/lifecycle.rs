@@ -5,13 +5,12 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{exchange, get, is_closed, read_response, Server, DRIVERS};
+use common::{exchange, get, is_closed, read_response, Server};
 
 fn leftpad(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_leftpad"))
+    common::leftpad_command()
         .args(args)
         .output()
         .expect("run leftpad")
@@ -77,7 +76,7 @@ fn bad_values_exit_2_naming_the_flag() {
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_leftpad"))
+    let out = common::leftpad_command()
         .env("LEFTPAD_MAX_LEN", "-3")
         .output()
         .unwrap();
@@ -131,7 +130,8 @@ fn workers_share_the_port() {
 
 #[test]
 fn sigterm_finishes_requests_in_flight_then_exits_0() {
-    for driver in DRIVERS {
+    for driver in common::drivers() {
+        let driver = driver.as_str();
         let mut server = Server::start(&["--driver", driver, "--workers", "2"]);
         // Idle keep-alive connections: closed at once on shutdown.
         let mut idle: Vec<_> = (0..4)

@@ -185,7 +185,7 @@ fn sighup_reopens_the_log_without_losing_lines() {
 
 #[test]
 fn unwritable_log_path_fails_at_startup() {
-    let out = Command::new(env!("CARGO_BIN_EXE_leftpad"))
+    let out = common::leftpad_command()
         .args([
             "--listen",
             "127.0.0.1:0",

@@ -6,11 +6,12 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{exchange, get, is_closed, read_response, Server, DRIVERS};
+use common::{exchange, get, is_closed, read_response, Server};
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    for driver in DRIVERS {
+    for driver in common::drivers() {
+        let driver = driver.as_str();
         let server = Server::start(&["--driver", driver]);
         let mut s = server.connect();
         let mut batch = Vec::new();
@@ -119,7 +120,8 @@ fn rejected_and_closed(server: &Server, request: &[u8], status: u16) {
 
 #[test]
 fn framing_and_smuggling_guards() {
-    for driver in DRIVERS {
+    for driver in common::drivers() {
+        let driver = driver.as_str();
         let server = Server::start(&["--driver", driver]);
         rejected_and_closed(
             &server,
@@ -193,7 +195,8 @@ fn size_limits() {
 
 #[test]
 fn header_timeout_closes_slow_heads_with_408() {
-    for driver in DRIVERS {
+    for driver in common::drivers() {
+        let driver = driver.as_str();
         let server = Server::start(&["--driver", driver, "--header-timeout", "500ms"]);
         let mut s = server.connect();
         let start = Instant::now();

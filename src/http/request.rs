@@ -101,20 +101,23 @@ pub enum Parsed<'b> {
 }
 
 /// Parses the head at the start of `buf`.
+///
+/// Only the first `max_head_size` bytes are looked at, so the verdict does not depend on
+/// how the bytes were split into reads (found by fuzzing: a request line over the limit
+/// was a 414 when it arrived in pieces but a 400 when a bad byte past the limit arrived
+/// with it), and parsing never scans more than the limit.
 pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Parsed<'b> {
+    let window = &buf[..buf.len().min(limits.max_head_size)];
     let mut headers = [const { MaybeUninit::<httparse::Header<'b>>::uninit() }; MAX_HEADERS_CAP];
     let headers = &mut headers[..limits.max_headers.min(MAX_HEADERS_CAP)];
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(buf, headers) {
-        Ok(httparse::Status::Complete(head_len)) if head_len > limits.max_head_size => {
-            Parsed::Rejected(oversized(buf, limits.max_head_size))
-        }
+    match req.parse_with_uninit_headers(window, headers) {
         Ok(httparse::Status::Complete(head_len)) => match check(&req, limits) {
             Ok(request) => Parsed::Complete { request, head_len },
             Err(reject) => Parsed::Rejected(reject),
         },
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_size => {
-            Parsed::Rejected(oversized(buf, limits.max_head_size))
+        Ok(httparse::Status::Partial) if window.len() == limits.max_head_size => {
+            Parsed::Rejected(oversized(window))
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(e) => Parsed::Rejected(match e {
@@ -128,9 +131,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Parsed<'b> {
     }
 }
 
-/// 414 when the request line alone does not fit in the head limit, else 431.
-fn oversized(buf: &[u8], max_head_size: usize) -> Reject {
-    let window = &buf[..buf.len().min(max_head_size)];
+/// 414 when the request line alone does not fit in the head limit (`window`), else 431.
+fn oversized(window: &[u8]) -> Reject {
     if window.contains(&b'\n') {
         Reject::HeadTooLarge
     } else {
@@ -409,6 +411,22 @@ mod tests {
         let many: String = (0..9).map(|i| format!("X{i}: y\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(rejected(raw.as_bytes()), Reject::TooManyHeaders);
+    }
+
+    #[test]
+    fn the_verdict_depends_only_on_bytes_within_the_limit() {
+        // Fuzzing found: over the limit, a bad byte beyond it used to turn 414 into 400.
+        let mut raw = format!("GET /{} HTTP/1.1\r\n", "a".repeat(300)).into_bytes();
+        raw[280] = 0;
+        assert_eq!(rejected(&raw), Reject::UriTooLong);
+        assert_eq!(rejected(&raw[..256]), Reject::UriTooLong);
+        let mut head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(300)
+        )
+        .into_bytes();
+        head[290] = 0;
+        assert_eq!(rejected(&head), Reject::HeadTooLarge);
     }
 
     #[test]

@@ -8,7 +8,31 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const DRIVERS: [&str; 2] = ["io-uring", "epoll"];
+/// The I/O drivers to test: both, unless `LEFTPAD_TEST_DRIVERS` names some (CI sets
+/// `epoll` under qemu-user, which has no io_uring).
+pub fn drivers() -> Vec<String> {
+    std::env::var("LEFTPAD_TEST_DRIVERS")
+        .unwrap_or_else(|_| "io-uring,epoll".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A command that runs the leftpad binary under test: directly, or through
+/// `LEFTPAD_TEST_RUNNER` (e.g. `qemu-aarch64-static -L /usr/aarch64-linux-gnu` when the
+/// tests are cross-built).
+pub fn leftpad_command() -> Command {
+    let binary = env!("CARGO_BIN_EXE_leftpad");
+    match std::env::var("LEFTPAD_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut cmd = Command::new(words.next().unwrap_or_default());
+            cmd.args(words).arg(binary);
+            cmd
+        }
+        _ => Command::new(binary),
+    }
+}
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -27,7 +51,7 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leftpad"));
+        let mut cmd = leftpad_command();
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Soak: steady wrk load from well-behaved clients while hostile clients (scripts/hostile.py:
+# slowloris, vanishing clients, floods that never read, oversized heads, garbage,
+# connection churn, held connections) run at the same time; then SIGTERM.
+#
+#   scripts/soak.sh [-d SECONDS] [-m RSS_LIMIT_MIB] [-i IDLE_CONNECTIONS] [-o DIR]
+#
+# Fails (exit 1) unless: the server never died; every well-behaved response was correct;
+# peak RSS stayed under the limit; after SIGTERM it exited 0 within its shutdown timeout;
+# the access log has one line per answered request (as counted by /debug/vars); and
+# StatsD (rate 1) counted every /v1/leftpad request the log shows. Also measures memory
+# per idle keep-alive connection. Bounded: SECONDS of load (default 60) plus setup.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+duration=60 rss_limit_mib=256 idle=10000 outdir=''
+while getopts "d:m:i:o:" opt; do
+  case $opt in
+    d) duration=$OPTARG ;; m) rss_limit_mib=$OPTARG ;; i) idle=$OPTARG ;; o) outdir=$OPTARG ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
+  esac
+done
+for tool in wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "soak.sh: $tool is not installed (see .ci/run)" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)"
+commit=$(commit_id)
+outdir=${outdir:-bench-results/runs/$(date -u +%Y-%m-%d)-$commit-soak}
+mkdir -p "$outdir"
+cargo build --release --quiet --bin leftpad
+
+workdir=$(mktemp -d)
+pids=()
+trap 'stop_server; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$workdir"' EXIT
+report() { echo "$*" | tee -a "$outdir/soak.txt"; }
+failures=0
+check() { # check NAME DETAIL COMMAND...: PASS if the command succeeds
+  local name=$1 detail=$2
+  shift 2
+  if "$@"; then report "PASS $name: $detail"; else report "FAIL $name: $detail"; failures=$((failures + 1)); fi
+}
+: >"$outdir/soak.txt"
+report "soak.sh -d $duration -m $rss_limit_mib -i $idle, commit $commit, $(date -u +%FT%TZ)"
+report "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
+
+# A StatsD stand-in that counts the lines it receives, by metric name.
+statsd_port=$(free_port)
+python3 - "$statsd_port" "$workdir/statsd.txt" <<'PY' &
+import collections, socket, sys, signal
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+counts = collections.Counter()
+def dump(*_):
+    with open(sys.argv[2], "w") as f:
+        for name, n in sorted(counts.items()):
+            f.write(f"{name} {n}\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, dump)
+while True:
+    for line in s.recv(65536).split(b"\n"):
+        counts[line.split(b":")[0].decode(errors="replace")] += 1
+PY
+statsd_pid=$!
+pids+=("$statsd_pid")
+
+addr="127.0.0.1:$(free_port)"
+admin="127.0.0.1:$(free_port)"
+log="$workdir/access.log"
+start_server leftpad "$addr" "$workdir" --access-log "$log" --statsd "127.0.0.1:$statsd_port" \
+  --statsd-sample-rate 1 --admin "$admin" --max-connections 30000 --header-timeout 5 \
+  --idle-timeout 30 --write-timeout 5 --shutdown-timeout 10
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status"; }
+
+# 1. Memory per idle keep-alive connection.
+rss_before=$(rss_kib)
+python3 - "${addr%:*}" "${addr##*:}" "$idle" <<'PY' >"$workdir/idle.txt" &
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[3])):
+    held.append(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
+print(len(held), flush=True)
+time.sleep(8)
+PY
+idle_pid=$!
+pids+=("$idle_pid")
+for _ in $(seq 100); do [ -s "$workdir/idle.txt" ] && break; sleep 0.1; done
+sleep 1
+rss_idle=$(rss_kib)
+held=$(cat "$workdir/idle.txt" 2>/dev/null || echo 0)
+kill "$idle_pid" 2>/dev/null || true
+wait "$idle_pid" 2>/dev/null || true
+per_conn=$(( (rss_idle - rss_before) * 1024 / (held > 0 ? held : 1) ))
+report "idle connections: $held held, RSS ${rss_before} KiB -> ${rss_idle} KiB: ${per_conn} bytes per idle connection"
+
+# 2. Steady well-behaved load and the hostile mix together; RSS sampled twice a second.
+( peak=0; while kill -0 "$server_pid" 2>/dev/null; do r=$(rss_kib 2>/dev/null || echo 0); [ "${r:-0}" -gt "$peak" ] && peak=$r && echo "$peak" >"$workdir/peak"; sleep 0.5; done ) &
+pids+=("$!")
+cat >"$workdir/check.lua" <<LUA
+bad = 0
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function response(status, headers, body)
+  if status ~= 200 or body ~= '{"str":"*********************test"}\n' then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("bad") end
+  io.write(string.format("well-behaved: %d requests, %d bad responses\n", summary.requests, total))
+end
+LUA
+taskset -c "$load_cpu" python3 scripts/hostile.py "${addr%:*}" "${addr##*:}" "$duration" --hold 2000 >"$workdir/hostile.txt" 2>&1 &
+hostile_pid=$!
+pids+=("$hostile_pid")
+taskset -c "$load_cpu" wrk -t1 -c32 -d"${duration}s" -s "$workdir/check.lua" \
+  "http://$addr/v1/leftpad/?str=test&len=25&chr=*" >"$workdir/wrk.txt" 2>&1 || true
+wait "$hostile_pid" || true
+cat "$workdir/hostile.txt" | tee -a "$outdir/soak.txt"
+grep -E "well-behaved|Requests/sec|Socket errors" "$workdir/wrk.txt" | tee -a "$outdir/soak.txt" || true
+
+check "server alive" "pid $server_pid still running after the soak" kill -0 "$server_pid"
+bad=$(awk '/well-behaved/ {print $5}' "$workdir/wrk.txt")
+good=$(awk '/well-behaved/ {print $2}' "$workdir/wrk.txt")
+check "well-behaved responses" "${good:-0} requests, ${bad:-?} wrong" \
+  test "${bad:-1}" -eq 0 -a "${good:-0}" -gt 0
+peak=$(cat "$workdir/peak" 2>/dev/null || echo 0)
+check "peak RSS" "$((peak / 1024)) MiB (limit $rss_limit_mib MiB)" test "$peak" -lt $((rss_limit_mib * 1024))
+
+# 3. Graceful shutdown: nothing answered may be missing from the log or the metrics.
+sleep 1
+answered=$(curl -fsS "http://$admin/debug/vars" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"]["requests"]["total"])')
+start=$SECONDS
+kill -TERM "$server_pid"
+code=0
+wait "$server_pid" || code=$?
+server_pid=''
+took=$((SECONDS - start))
+check "graceful exit" "exit code $code after ${took}s (shutdown timeout 10s)" \
+  test "$code" -eq 0 -a "$took" -le 12
+lines=$(wc -l <"$log")
+check "access log" "$lines lines, $answered requests answered" test "$lines" -eq "$answered"
+kill -TERM "$statsd_pid"
+wait "$statsd_pid" 2>/dev/null || true
+counted=$(awk '$1 == "leftpad.request.leftpad.count" {print $2}' "$workdir/statsd.txt")
+logged=$(grep -c $'\turl /v1/leftpad' "$log" || true)
+check "statsd" "leftpad.request.leftpad.count=${counted:-0}, log lines for /v1/leftpad=$logged" \
+  test "${counted:-0}" -eq "$logged"
+
+report "$failures failed"
+[ "$failures" -eq 0 ]

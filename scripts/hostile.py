@@ -46,103 +46,69 @@ async def close(writer):
         pass
 
 
-async def slowloris():
+async def each_connection(kind, body, pause=0.05):
+    """Until the deadline: connect, count, run `body(reader, writer)`, close abruptly or
+    politely at random. A refused connection is counted and retried after `pause`."""
     while left() > 0:
         conn = await connect()
         if not conn:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(pause)
             continue
         reader, writer = conn
-        counts["slowloris"] += 1
+        counts[kind] += 1
         try:
-            for byte in b"GET /v1/leftpad/?str=slow&len=9 HTTP/1.1\r\nHost: h\r\nX-Slow: ":
-                if left() <= 0:
-                    break
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(0.5)
-            await asyncio.wait_for(reader.read(4096), max(0.1, left()))
+            await body(reader, writer)
         except Exception:
             pass
         await close(writer)
 
 
-async def vanish():
-    while left() > 0:
-        conn = await connect()
-        if not conn:
-            await asyncio.sleep(0.05)
-            continue
-        _, writer = conn
-        counts["vanish"] += 1
-        try:
-            payload = REQUEST * random.randint(1, 50)
-            writer.write(payload[: random.randint(1, len(payload))])
-            await writer.drain()
-        except Exception:
-            pass
-        await close(writer)
-        await asyncio.sleep(0.005)
+async def slowloris_one(reader, writer):
+    for byte in b"GET /v1/leftpad/?str=slow&len=9 HTTP/1.1\r\nHost: h\r\nX-Slow: ":
+        if left() <= 0:
+            break
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+    await asyncio.wait_for(reader.read(4096), max(0.1, left()))
 
 
-async def flood():
-    while left() > 0:
-        conn = await connect()
-        if not conn:
-            await asyncio.sleep(0.1)
-            continue
-        _, writer = conn
-        counts["flood"] += 1
-        try:
-            for _ in range(200):
-                if left() <= 0:
-                    break
-                writer.write(REQUEST * 100)
-                await asyncio.wait_for(writer.drain(), 1)
-        except Exception:
-            pass
-        await close(writer)
+async def vanish_one(_reader, writer):
+    payload = REQUEST * random.randint(1, 50)
+    writer.write(payload[: random.randint(1, len(payload))])
+    await writer.drain()
+    await asyncio.sleep(0.005)
 
 
-async def oversized():
-    bodies = [
-        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Many: y\r\n" * 500 + b"\r\n",
-        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999\r\n\r\n" + b"x" * 1000,
-        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    ]
-    while left() > 0:
-        conn = await connect()
-        if not conn:
-            await asyncio.sleep(0.05)
-            continue
-        reader, writer = conn
-        counts["oversized"] += 1
-        try:
-            writer.write(random.choice(bodies))
-            await writer.drain()
-            await asyncio.wait_for(reader.read(4096), 2)
-        except Exception:
-            pass
-        await close(writer)
+async def flood_one(_reader, writer):
+    for _ in range(200):
+        if left() <= 0:
+            break
+        writer.write(REQUEST * 100)
+        await asyncio.wait_for(writer.drain(), 1)
 
 
-async def garbage():
-    while left() > 0:
-        conn = await connect()
-        if not conn:
-            await asyncio.sleep(0.05)
-            continue
-        reader, writer = conn
-        counts["garbage"] += 1
-        try:
-            writer.write(os.urandom(random.randint(1, 4096)))
-            await writer.drain()
-            await asyncio.wait_for(reader.read(4096), 1)
-        except Exception:
-            pass
-        await close(writer)
+OVERSIZED = [
+    b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Many: y\r\n" * 500 + b"\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999\r\n\r\n" + b"x" * 1000,
+    b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+]
+
+
+async def send_and_read(reader, writer, data, wait):
+    writer.write(data)
+    await writer.drain()
+    await asyncio.wait_for(reader.read(4096), wait)
+
+
+async def oversized_one(reader, writer):
+    await send_and_read(reader, writer, random.choice(OVERSIZED), 2)
+
+
+async def garbage_one(reader, writer):
+    await send_and_read(reader, writer, os.urandom(random.randint(1, 4096)), 1)
 
 
 async def churn():
@@ -168,8 +134,11 @@ async def hold():
 
 
 async def main():
-    tasks = [slowloris() for _ in range(20)] + [vanish() for _ in range(4)] + [flood() for _ in range(3)]
-    tasks += [oversized() for _ in range(2)] + [garbage() for _ in range(2)] + [churn(), hold()]
+    kinds = [("slowloris", slowloris_one, 20, 0.1), ("vanish", vanish_one, 4, 0.05),
+             ("flood", flood_one, 3, 0.1), ("oversized", oversized_one, 2, 0.05),
+             ("garbage", garbage_one, 2, 0.05)]
+    tasks = [each_connection(kind, body, pause) for kind, body, n, pause in kinds for _ in range(n)]
+    tasks += [churn(), hold()]
     await asyncio.gather(*tasks)
 
 

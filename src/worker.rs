@@ -84,11 +84,12 @@ pub fn run(mut spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverRep
             runtime.block_on(serve(spec, log));
         }
         Err(message) => {
+            drop(log);
             let _ = ready.send(Err(message));
         }
     }
-    // Its AccessLog is gone (shipped and dropped at the end of `serve`): the writer has
-    // the last lines and stops once they are written.
+    // Its AccessLog is gone (shipped and dropped at the end of `serve`, or above): the
+    // writer has the last lines and stops once they are written.
     if let Some(writer) = writer {
         writer.join();
     }

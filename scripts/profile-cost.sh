@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What profiling costs: leftpad under wrk load (64 connections) with no admin listener,
-# with an idle admin listener, and while a CPU profile is being taken (100 Hz), in
-# alternating rounds; medians of req/s and server CPU µs per request.
+# with an idle admin listener, and while a CPU profile is being taken (100 Hz sampling
+# over the whole measured window; the report is built after it), in alternating rounds;
+# medians of req/s and server CPU µs per request.
 #
 #   scripts/profile-cost.sh [-r ROUNDS] [-d SECONDS] [-o DIR]
 set -euo pipefail
@@ -31,12 +32,14 @@ for round in $(seq "$rounds"); do
       *) args=("${quiet[@]}" --admin "127.0.0.1:$admin_port") ;;
     esac
     if [ "$mode" = profiling ]; then
-      # The profile covers the middle of the run; it ends (and is symbolized) inside it.
-      (sleep 1; curl -fsS -o "$outdir/profile-r$round.pb.gz" \
-        "http://127.0.0.1:$admin_port/debug/pprof/profile?seconds=$((duration - 3))") &
+      # Sampling spans the whole measured window: it starts as soon as the server is up,
+      # before wrk, and would end after it; the server is stopped first, so the report
+      # (whose symbolization costs CPU once) is never built inside the window.
+      curl -s --retry 50 --retry-connrefused --retry-delay 0 --retry-max-time 10 -o /dev/null \
+        "http://127.0.0.1:$admin_port/debug/pprof/profile?seconds=$((duration + 4))" &
     fi
     line=$(scripts/load.sh -c 64 -d "$duration" -- "${args[@]}")
-    wait
+    wait || true
     echo "mode=$mode round=$round $line" | tee -a "$results"
   done
 done

@@ -140,6 +140,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
             Err(_) => return Err("a worker thread died while starting".into()),
         }
     }
+    let worker_totals = worker_stats.clone();
     let admin_addr = match admin_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
@@ -167,7 +168,12 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
 
-    wait_for_exit(&config, &shared, &events_rx, workers)
+    let code = wait_for_exit(&config, &shared, &events_rx, workers)?;
+    if code == ExitCode::SUCCESS {
+        let answered: u64 = worker_totals.iter().map(|w| w.requests.get()).sum();
+        eprintln!("leftpad: stopped after answering {answered} requests");
+    }
+    Ok(code)
 }
 
 /// Waits for a signal, then for the workers to drain (bounded by the shutdown timeout).
@@ -224,9 +230,6 @@ fn wait_for_exit(
                 break;
             }
         }
-    }
-    if code == ExitCode::SUCCESS {
-        eprintln!("leftpad: stopped");
     }
     Ok(code)
 }

@@ -7,7 +7,7 @@ once, for a bounded time, against one HOST:PORT on loopback.
 Kinds (all run concurrently until SECONDS pass):
   slowloris   heads sent one byte at a time, never finished
   vanish      clients that close mid-request or right after sending, before reading
-  flood       pipelined requests in bulk on connections that never read
+  flood       bursts of pipelined requests on connections that then never read
   oversized   heads and request lines over the limits
   garbage     random bytes
   churn       connect/close as fast as possible (counted)
@@ -81,11 +81,12 @@ async def vanish_one(_reader, writer):
 
 
 async def flood_one(_reader, writer):
-    for _ in range(200):
-        if left() <= 0:
-            break
+    # A burst of pipelined requests, then hold on without ever reading: the server must
+    # stop at the socket buffers and drop the connection at --write-timeout.
+    for _ in range(20):
         writer.write(REQUEST * 100)
         await asyncio.wait_for(writer.drain(), 1)
+    await asyncio.sleep(min(10, max(0, left())))
 
 
 OVERSIZED = [

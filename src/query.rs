@@ -40,6 +40,8 @@ pub enum QueryError<'q> {
     LenTooLarge {
         max: u64,
     },
+    /// Negative beyond what a 64-bit integer holds (as Go's `strconv.Atoi` refuses it).
+    LenOutOfRange,
 }
 
 impl fmt::Display for QueryError<'_> {
@@ -62,6 +64,9 @@ impl fmt::Display for QueryError<'_> {
             }
             QueryError::LenNotInteger => f.write_str("len must be an integer"),
             QueryError::LenTooLarge { max } => write!(f, "len must not exceed {max}"),
+            QueryError::LenOutOfRange => {
+                f.write_str("len is out of range: use a whole number that fits in 64 bits")
+            }
         }
     }
 }
@@ -277,17 +282,24 @@ fn parse_len(text: &[u8], max_len: u64) -> Result<i64, QueryError<'static>> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(QueryError::LenNotInteger);
     }
-    if negative {
-        // Any negative length means "no padding"; its size does not matter.
-        return Ok(-1);
-    }
     let too_large = || QueryError::LenTooLarge { max: max_len };
     let mut value: u64 = 0;
     for &d in digits {
-        value = value
+        value = match value
             .checked_mul(10)
             .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or_else(too_large)?;
+        {
+            Some(v) => v,
+            None if negative => return Err(QueryError::LenOutOfRange),
+            None => return Err(too_large()),
+        };
+    }
+    if negative {
+        // Any negative length means "no padding"; it only has to be an integer.
+        return match value {
+            0..=0x8000_0000_0000_0000 => Ok(-1),
+            _ => Err(QueryError::LenOutOfRange),
+        };
     }
     if value > max_len {
         return Err(too_large());
@@ -387,7 +399,8 @@ mod tests {
         assert_eq!(parse_ok("len=%2B7").1, 7);
         assert_eq!(parse_ok("len=007").1, 7);
         assert_eq!(parse_ok("len=-5").1, -1);
-        assert_eq!(parse_ok("len=-99999999999999999999999").1, -1);
+        assert_eq!(parse_ok("len=-0").1, -1);
+        assert_eq!(parse_ok("len=-9223372036854775808").1, -1);
         assert_eq!(parse_ok("len=1024").1, 1024);
     }
 
@@ -410,6 +423,9 @@ mod tests {
             parse_err("len=99999999999999999999999"),
             "len must not exceed 1024"
         );
+        let out_of_range = "len is out of range: use a whole number that fits in 64 bits";
+        assert_eq!(parse_err("len=-9223372036854775809"), out_of_range);
+        assert_eq!(parse_err("len=-99999999999999999999999"), out_of_range);
     }
 
     #[test]

@@ -148,19 +148,28 @@ impl<'q> Iterator for Pairs<'q> {
                 return None;
             }
             let rest = self.0;
+            let bytes = rest.as_bytes();
             let (mut eq, mut end) = (None, rest.len());
             let (mut key_escaped, mut value_escaped) = (false, false);
-            for (i, &b) in rest.as_bytes().iter().enumerate() {
-                match b {
-                    b'&' => {
+            let mut i = 0;
+            while i < bytes.len() {
+                // Most bytes are ordinary: skip them in a tight loop.
+                let class = DELIMITERS[usize::from(bytes[i])];
+                if class == 0 {
+                    i += 1;
+                    continue;
+                }
+                match class {
+                    AMPERSAND => {
                         end = i;
                         break;
                     }
-                    b'=' if eq.is_none() => eq = Some(i),
-                    b'%' | b'+' if eq.is_none() => key_escaped = true,
-                    b'%' | b'+' => value_escaped = true,
+                    EQUALS if eq.is_none() => eq = Some(i),
+                    ESCAPE if eq.is_none() => key_escaped = true,
+                    ESCAPE => value_escaped = true,
                     _ => {}
                 }
+                i += 1;
             }
             self.0 = rest.get(end + 1..).unwrap_or_default();
             if end == 0 {
@@ -184,6 +193,20 @@ impl<'q> Iterator for Pairs<'q> {
         }
     }
 }
+
+const AMPERSAND: u8 = 1;
+const EQUALS: u8 = 2;
+const ESCAPE: u8 = 3;
+
+/// What each byte means to [`Pairs`]: 0 for an ordinary byte.
+const DELIMITERS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    table[b'&' as usize] = AMPERSAND;
+    table[b'=' as usize] = EQUALS;
+    table[b'%' as usize] = ESCAPE;
+    table[b'+' as usize] = ESCAPE;
+    table
+};
 
 /// Where a decoded component is: still in the query (it had no escapes: no copy and no
 /// UTF-8 check, the common case), or decoded into a scratch buffer.

@@ -156,21 +156,49 @@ fn write_field(out: &mut Vec<u8>, field: &[u8]) {
         out.push(b'-');
         return;
     }
-    let mut run = 0;
-    for (i, &b) in field.iter().enumerate() {
-        if (b' '..=b'~').contains(&b) && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&field[run..i]);
+    let mut rest = field;
+    loop {
+        let clean = clean_prefix_len(rest);
+        out.extend_from_slice(&rest[..clean]);
+        let Some(&b) = rest.get(clean) else { break };
         out.extend_from_slice(&[
             b'\\',
             b'x',
             HEX[usize::from(b >> 4)],
             HEX[usize::from(b & 15)],
         ]);
-        run = i + 1;
+        rest = &rest[clean + 1..];
     }
-    out.extend_from_slice(&field[run..]);
+}
+
+fn needs_escape(b: u8) -> bool {
+    !(b' '..=b'~').contains(&b) || b == b'\\'
+}
+
+/// How many bytes at the front of `bytes` need no escaping. Looks at eight bytes at a
+/// time (URLs and User-Agents are almost always clean), then pins the byte down.
+fn clean_prefix_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk"));
+        // A byte's high bit is set in each term only for a byte that needs escaping:
+        // below 0x20 (the subtraction borrows), 0x7f and above, or `\`. A borrow or
+        // carry can spill into the next byte only from a byte that matched already.
+        let control = word.wrapping_sub(ONES * 0x20) & !word;
+        let high = word.wrapping_add(ONES) | word;
+        let not_backslash = word ^ (ONES * u64::from(b'\\'));
+        let backslash = not_backslash.wrapping_sub(ONES) & !not_backslash;
+        if (control | high | backslash) & HIGH_BITS != 0 {
+            break;
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map_or(bytes.len(), |at| i + at)
 }
 
 // ----- the worker's buffer -----
@@ -464,6 +492,46 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1);
         assert!(text.contains("url /a\\x0ab\\x09c\\x5cd\\x7f\\xff\t"));
         assert!(text.contains("ua evil\\x0d\\x0a2026-01-01T00:00:00.000Z\\x09url /forged\t"));
+    }
+
+    #[test]
+    fn every_byte_is_escaped_or_copied_at_every_position() {
+        let reference = |field: &[u8]| -> Vec<u8> {
+            field
+                .iter()
+                .flat_map(|&b| {
+                    if needs_escape(b) {
+                        format!("\\x{b:02x}").into_bytes()
+                    } else {
+                        vec![b]
+                    }
+                })
+                .collect()
+        };
+        for b in 0..=255u8 {
+            for at in 0..19 {
+                let mut field = b"abcdefghijklmnopqrs".to_vec();
+                field[at] = b;
+                let mut out = Vec::new();
+                write_field(&mut out, &field);
+                assert_eq!(out, reference(&field), "byte {b:#04x} at {at}");
+            }
+        }
+        // Pairs of edge bytes, for borrows and carries between neighbours.
+        let edges = [0x00, 0x1f, 0x20, 0x5b, 0x5c, 0x5d, 0x7e, 0x7f, 0x80, 0xff];
+        for (a, b) in edges.iter().flat_map(|&a| edges.map(|b| (a, b))) {
+            for (i, j) in (0..19).flat_map(|i| (0..19).map(move |j| (i, j))) {
+                let mut field = b"abcdefghijklmnopqrs".to_vec();
+                field[i] = a;
+                field[j] = b;
+                let mut out = Vec::new();
+                write_field(&mut out, &field);
+                assert_eq!(out, reference(&field), "{a:#04x} at {i}, {b:#04x} at {j}");
+            }
+        }
+        let mut out = Vec::new();
+        write_field(&mut out, b"\\\\\x7f\x80~ \x1f");
+        assert_eq!(out, b"\\x5c\\x5c\\x7f\\x80~ \\x1f");
     }
 
     #[test]

@@ -141,6 +141,8 @@ impl WallClock {
     }
 
     fn unix_ms(&self, now: Instant) -> u64 {
-        self.base_ms + now.saturating_duration_since(self.base).as_millis() as u64
+        // In u64: `Duration::as_millis` is a u128 division, a sixth of a whole request.
+        let since = now.saturating_duration_since(self.base);
+        self.base_ms + since.as_secs() * 1000 + u64::from(since.subsec_millis())
     }
 }

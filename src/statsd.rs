@@ -77,9 +77,21 @@ pub struct Metrics {
     keep_below: Option<u64>,
     rng: fastrand::Rng,
     max_packet: usize,
+    /// The datagram being filled; lines are formatted straight into it.
     packet: Vec<u8>,
+    /// A line that overflowed the packet, waiting for the next one.
     line: Vec<u8>,
     pub stats: MetricStats,
+}
+
+/// Which line head [`Metrics::start_line`] writes.
+#[derive(Clone, Copy)]
+enum Head {
+    Timing,
+    /// The whole count line, rate tag included.
+    Count,
+    StrLen,
+    Status,
 }
 
 impl Metrics {
@@ -96,8 +108,12 @@ impl Metrics {
         };
         let mut count_line = head("request.leftpad.count:1|c");
         count_line.extend_from_slice(&rate_tag);
+        let timing_head = head("request.leftpad.timing:");
+        // The longest head plus a value (at most 24 bytes: `<u64 / 1000>.xxx|ms`), a
+        // separator and the tag: what the packet may briefly hold past the limit.
+        let longest_line = timing_head.len().max(count_line.len()) + 32 + rate_tag.len();
         Metrics {
-            timing_head: head("request.leftpad.timing:"),
+            timing_head,
             count_line,
             str_len_head: head("request.str.len:"),
             status_head: head("response.status."),
@@ -105,8 +121,8 @@ impl Metrics {
             keep_below: (rate < 1.0).then_some((rate * u64::MAX as f64) as u64),
             rng: fastrand::Rng::with_seed(seed),
             max_packet: settings.max_packet,
-            packet: Vec::with_capacity(settings.max_packet),
-            line: Vec::with_capacity(256),
+            packet: Vec::with_capacity(settings.max_packet + longest_line),
+            line: Vec::with_capacity(longest_line),
             stats: MetricStats::default(),
         }
     }
@@ -122,55 +138,71 @@ impl Metrics {
     pub fn record(&mut self, record: &Record, micros: u64, send: &mut impl FnMut(&[u8]) -> bool) {
         if record.handled.leftpad {
             if self.keep() {
-                self.line.clear();
-                self.line.extend_from_slice(&self.timing_head);
-                write_millis(&mut self.line, micros);
-                self.line.extend_from_slice(b"|ms");
-                self.push_line(send);
+                let at = self.start_line(Head::Timing);
+                write_millis(&mut self.packet, micros);
+                self.packet.extend_from_slice(b"|ms");
+                self.end_line(at, true, send);
             }
             if self.keep() {
-                self.line.clear();
-                self.line.extend_from_slice(&self.count_line);
-                self.push_line_raw(send);
+                let at = self.start_line(Head::Count);
+                self.end_line(at, false, send);
             }
             if let Some(chars) = record.handled.str_chars {
                 if self.keep() {
-                    self.line.clear();
-                    self.line.extend_from_slice(&self.str_len_head);
-                    self.line
-                        .extend_from_slice(itoa::Buffer::new().format(chars).as_bytes());
-                    self.line.extend_from_slice(b"|h");
-                    self.push_line(send);
+                    let at = self.start_line(Head::StrLen);
+                    let mut digits = itoa::Buffer::new();
+                    self.packet
+                        .extend_from_slice(digits.format(chars).as_bytes());
+                    self.packet.extend_from_slice(b"|h");
+                    self.end_line(at, true, send);
                 }
             }
         }
         if record.status.0 != 200 && self.keep() {
-            self.line.clear();
-            self.line.extend_from_slice(&self.status_head);
-            self.line
-                .extend_from_slice(itoa::Buffer::new().format(record.status.0).as_bytes());
-            self.line.extend_from_slice(b":1|c");
-            self.push_line(send);
+            let at = self.start_line(Head::Status);
+            let mut digits = itoa::Buffer::new();
+            self.packet
+                .extend_from_slice(digits.format(record.status.0).as_bytes());
+            self.packet.extend_from_slice(b":1|c");
+            self.end_line(at, true, send);
         }
     }
 
-    /// Adds the rate tag to the line in `self.line` and batches it.
-    fn push_line(&mut self, send: &mut impl FnMut(&[u8]) -> bool) {
-        self.line.extend_from_slice(&self.rate_tag);
-        self.push_line_raw(send);
-    }
-
-    fn push_line_raw(&mut self, send: &mut impl FnMut(&[u8]) -> bool) {
-        if self.line.len() > self.max_packet {
-            return; // cannot fit in any packet (a very long prefix); never sent
-        }
-        if !self.packet.is_empty() && self.packet.len() + 1 + self.line.len() > self.max_packet {
-            self.flush(send);
-        }
-        if !self.packet.is_empty() {
+    /// Starts a line straight in the packet (after a `\n` if it is not the first);
+    /// returns where the packet ended before it.
+    fn start_line(&mut self, head: Head) -> usize {
+        let at = self.packet.len();
+        if at > 0 {
             self.packet.push(b'\n');
         }
-        self.packet.extend_from_slice(&self.line);
+        let head = match head {
+            Head::Timing => &self.timing_head,
+            Head::Count => &self.count_line,
+            Head::StrLen => &self.str_len_head,
+            Head::Status => &self.status_head,
+        };
+        self.packet.extend_from_slice(head);
+        at
+    }
+
+    /// Finishes the line begun at `at` (adding the rate tag if asked). A line that made
+    /// the packet too long moves to a new packet once the full one is sent; the move
+    /// costs a copy, once per packet.
+    fn end_line(&mut self, at: usize, tag: bool, send: &mut impl FnMut(&[u8]) -> bool) {
+        if tag {
+            self.packet.extend_from_slice(&self.rate_tag);
+        }
+        if self.packet.len() > self.max_packet {
+            let line_start = if at > 0 { at + 1 } else { at };
+            self.line.clear();
+            self.line.extend_from_slice(&self.packet[line_start..]);
+            self.packet.truncate(at);
+            if self.line.len() > self.max_packet {
+                return; // cannot fit in any packet (a very long prefix); never sent
+            }
+            self.flush(send);
+            self.packet.extend_from_slice(&self.line);
+        }
         self.stats.lines += 1;
     }
 
@@ -318,6 +350,39 @@ mod tests {
             sent.iter().map(|p| p.split('\n').count()).sum::<usize>(),
             150
         );
+    }
+
+    #[test]
+    fn a_line_longer_than_any_packet_is_dropped_alone() {
+        let long = Settings {
+            prefix: "p".repeat(100),
+            ..settings(1.0, 140)
+        };
+        let mut m = Metrics::new(&long, 1);
+        // Each line (120 to 132 bytes) fits a packet alone, never beside another.
+        let sent = packets(
+            &mut m,
+            &[
+                (record(200, true, Some(4)), 12),
+                (record(404, false, None), 1),
+            ],
+        );
+        assert!(sent.iter().all(|p| p.len() <= 140), "{sent:?}");
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        let mut tiny = Metrics::new(&long, 1);
+        assert_eq!(
+            packets(&mut tiny, &[(record(200, true, Some(4)), 12)]).len(),
+            3
+        );
+        let mut none = Metrics::new(
+            &Settings {
+                max_packet: 50,
+                ..long
+            },
+            1,
+        );
+        assert!(packets(&mut none, &[(record(200, true, Some(4)), 12)]).is_empty());
+        assert_eq!(none.stats.lines, 0);
     }
 
     #[test]

@@ -255,8 +255,14 @@ fn profile_page(query: &str, state: &AdminState, format: Format) -> Page {
         }),
         Format::Flamegraph => {
             let mut body = Vec::new();
-            report
-                .flamegraph(&mut body)
+            let drawn = if report.data.is_empty() {
+                // inferno draws nothing at all for no samples; say why instead.
+                body.extend_from_slice(no_samples_svg(seconds).as_bytes());
+                Ok(())
+            } else {
+                report.flamegraph(&mut body)
+            };
+            drawn
                 .map(|()| Page {
                     status: Status::OK,
                     content_type: "image/svg+xml",
@@ -267,6 +273,18 @@ fn profile_page(query: &str, state: &AdminState, format: Format) -> Page {
         }
     };
     encoded.unwrap_or_else(|e| Page::error(Status(500), &format!("cannot encode the profile: {e}")))
+}
+
+/// The flame graph of a profile without samples: the process spent the time idle or in
+/// the kernel (samples in system calls are not kept).
+fn no_samples_svg(seconds: u64) -> String {
+    format!(
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+         <svg version=\"1.1\" width=\"1200\" height=\"60\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <text x=\"10\" y=\"35\" font-family=\"Verdana\" font-size=\"16\">\
+         No samples in {seconds} s: the process ran no user-space code while profiled \
+         (idle, or in system calls). Profile again under load.</text></svg>\n"
+    )
 }
 
 /// Samples the whole process for `seconds`; one profile at a time.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,12 +27,15 @@ fn load(server: &Server) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let flag = stop.clone();
     let addr = server.addr;
     let thread = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Buffered: the responses are parsed byte by byte, and unbuffered that left the
+        // server idle (and its profile empty) while this thread made read calls.
+        let mut s = BufReader::with_capacity(64 * 1024, s);
         let batch = get("/v1/leftpad/?str=profile&len=64&chr=%E2%98%83").repeat(16);
         let mut answered = 0;
         while !flag.load(Ordering::Relaxed) {
-            s.write_all(&batch).unwrap();
+            s.get_mut().write_all(&batch).unwrap();
             for _ in 0..16 {
                 assert_eq!(read_response(&mut s, false).unwrap().status, 200);
                 answered += 1;
@@ -98,7 +101,25 @@ fn flame_graph_is_svg() {
     assert_eq!(svg.status, 200);
     assert_eq!(svg.header("Content-Type"), Some("image/svg+xml"));
     let text = svg.text();
-    assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"));
+    assert!(
+        text.contains("<svg") && text.trim_end().ends_with("</svg>"),
+        "not an SVG document: {:?}",
+        &text[..text.len().min(300)]
+    );
+}
+
+#[test]
+fn flame_graph_of_an_idle_server_is_still_svg() {
+    // No load: no user-space samples, for which the renderer used to draw nothing (an
+    // empty 200). It is an SVG saying so.
+    let server = Server::start(&["--access-log", "off", "--statsd", "off"]);
+    let svg = admin_get(server.admin.unwrap(), "/debug/pprof/flamegraph?seconds=1");
+    assert_eq!(svg.status, 200);
+    let text = svg.text();
+    assert!(
+        text.contains("<svg") && text.trim_end().ends_with("</svg>"),
+        "{text:?}"
+    );
 }
 
 #[test]

@@ -104,6 +104,14 @@ pub struct EscapedChar {
 
 impl EscapedChar {
     pub fn new(c: char) -> EscapedChar {
+        // The usual pad (`*`, `0`, space): one byte, as is. Built directly, since the
+        // general path's small copies, read back at once, stall store forwarding.
+        if c.is_ascii() && ACTIONS[c as usize] == 0 {
+            return EscapedChar {
+                bytes: [c as u8, 0, 0, 0, 0, 0],
+                len: 1,
+            };
+        }
         let mut utf8 = [0u8; 4];
         let mut escaped = EscapedChar {
             bytes: [0; 6],
@@ -195,9 +203,9 @@ mod tests {
 
     #[test]
     fn escaped_char_matches_string_escaping() {
-        for c in [
-            '*', ' ', '"', '\\', '\n', '\u{1}', '<', 'é', '😀', '\u{2028}',
-        ] {
+        // Every ASCII character (fast path and escapes), then a sample beyond.
+        let sample = [0x2027, 0x2028, 0x2029, 0xfffd, 0x1f600];
+        for c in (0..0x300).chain(sample).filter_map(char::from_u32) {
             assert_eq!(
                 EscapedChar::new(c).as_bytes(),
                 escape(&c.to_string()).as_bytes()

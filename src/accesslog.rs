@@ -221,8 +221,8 @@ enum Message {
 /// Buffers per worker: one filling, up to two queued for the writer, one being written.
 /// All are allocated at startup and circulate; none is allocated afterwards.
 const POOL: usize = 4;
-/// Messages queued for the writer at most: two buffers and a reopen.
-const QUEUED: usize = POOL - 1;
+/// Buffers queued for the writer at most (besides the one it writes and the one filling).
+const MAX_QUEUED_BUFFERS: usize = POOL - 2;
 
 /// What a worker and its writer thread share. Each side holds the lock only to push or
 /// pop; the writer parks when it has nothing to do and the worker unparks it after a
@@ -297,7 +297,7 @@ impl AccessLog {
     pub fn ship(&mut self) {
         if !self.buf.is_empty() {
             let mut queues = self.handoff.lock();
-            if queues.inbox.len() >= QUEUED - 1 {
+            if queues.inbox.len() >= MAX_QUEUED_BUFFERS {
                 return;
             }
             let Some(replacement) = queues.spares.pop() else {
@@ -328,7 +328,7 @@ impl AccessLog {
             if queues.writer_gone {
                 return;
             }
-            if queues.inbox.len() < QUEUED - 1 {
+            if queues.inbox.len() < MAX_QUEUED_BUFFERS {
                 if let Some(spare) = queues.spares.pop() {
                     break spare;
                 }
@@ -363,7 +363,8 @@ impl AccessLog {
             return;
         }
         let mut queues = self.handoff.lock();
-        if queues.inbox.len() < QUEUED {
+        // The queue has room for one reopen beside its buffers.
+        if queues.inbox.len() <= MAX_QUEUED_BUFFERS {
             queues.inbox.push_back(Message::Reopen);
             drop(queues);
             self.writer.unpark();
@@ -401,7 +402,7 @@ impl Writer {
         let capacity = threshold * 4;
         let handoff = Arc::new(Handoff {
             queues: Mutex::new(Queues {
-                inbox: VecDeque::with_capacity(QUEUED),
+                inbox: VecDeque::with_capacity(MAX_QUEUED_BUFFERS + 1),
                 spares: {
                     let mut spares = Vec::with_capacity(POOL);
                     spares.extend((1..POOL).map(|_| Vec::with_capacity(capacity)));

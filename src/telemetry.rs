@@ -141,8 +141,27 @@ impl WallClock {
     }
 
     fn unix_ms(&self, now: Instant) -> u64 {
-        // In u64: `Duration::as_millis` is a u128 division, a sixth of a whole request.
+        // In u64: `Duration::as_millis` divides a u128.
         let since = now.saturating_duration_since(self.base);
         self.base_ms + since.as_secs() * 1000 + u64::from(since.subsec_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_follows_the_monotonic_clock_from_its_anchor() {
+        let anchor = Instant::now();
+        let clock = WallClock::new_at(anchor);
+        assert_eq!(clock.unix_ms(anchor), clock.base_ms);
+        let later = anchor + Duration::new(3, 456_789_000);
+        assert_eq!(clock.unix_ms(later), clock.base_ms + 3_456);
+        // A reading from before the anchor (another connection's, taken earlier) does
+        // not go back in time.
+        if let Some(earlier) = anchor.checked_sub(Duration::from_millis(5)) {
+            assert_eq!(clock.unix_ms(earlier), clock.base_ms);
+        }
     }
 }

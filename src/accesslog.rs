@@ -244,6 +244,17 @@ struct Queues {
     writer_gone: bool,
 }
 
+impl Queues {
+    /// An emptied buffer for the worker, if the writer's queue also has room for the
+    /// full one it replaces.
+    fn take_spare(&mut self) -> Option<Vec<u8>> {
+        if self.inbox.len() >= MAX_QUEUED_BUFFERS {
+            return None;
+        }
+        self.spares.pop()
+    }
+}
+
 impl Handoff {
     fn lock(&self) -> MutexGuard<'_, Queues> {
         // The lock guards plain pushes and pops, which leave the queues whole even if a
@@ -296,23 +307,20 @@ impl AccessLog {
     /// retries.
     pub fn ship(&mut self) {
         if !self.buf.is_empty() {
-            let mut queues = self.handoff.lock();
-            if queues.inbox.len() >= MAX_QUEUED_BUFFERS {
-                return;
-            }
-            let Some(replacement) = queues.spares.pop() else {
+            let Some(replacement) = self.handoff.lock().take_spare() else {
                 return;
             };
-            let full = std::mem::replace(&mut self.buf, replacement);
-            queues.inbox.push_back(Message::Lines(full));
-            drop(queues);
-            self.writer.unpark();
-            self.publish_lines();
+            self.hand_over(replacement);
         }
         self.send_pending_reopen();
     }
 
-    fn publish_lines(&mut self) {
+    /// Queues the filled buffer for the writer and goes on in `replacement`. Only this
+    /// worker queues buffers, so the room `take_spare` saw is still there.
+    fn hand_over(&mut self, replacement: Vec<u8>) {
+        let full = std::mem::replace(&mut self.buf, replacement);
+        self.handoff.lock().inbox.push_back(Message::Lines(full));
+        self.writer.unpark();
         self.stats.lines.fetch_add(self.lines, Ordering::Relaxed);
         self.lines = 0;
     }
@@ -328,10 +336,8 @@ impl AccessLog {
             if queues.writer_gone {
                 return;
             }
-            if queues.inbox.len() < MAX_QUEUED_BUFFERS {
-                if let Some(spare) = queues.spares.pop() {
-                    break spare;
-                }
+            if let Some(spare) = queues.take_spare() {
+                break spare;
             }
             queues = self
                 .handoff
@@ -339,11 +345,8 @@ impl AccessLog {
                 .wait(queues)
                 .unwrap_or_else(PoisonError::into_inner);
         };
-        let full = std::mem::replace(&mut self.buf, replacement);
-        queues.inbox.push_back(Message::Lines(full));
         drop(queues);
-        self.writer.unpark();
-        self.publish_lines();
+        self.hand_over(replacement);
     }
 
     /// Asks the writer to reopen the file (SIGHUP) once the lines buffered so far are

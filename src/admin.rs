@@ -9,16 +9,8 @@
 //! - `GET /debug/pprof/flamegraph?seconds=N`: the same profile as an SVG flame graph.
 //! - `GET /debug/pprof/`: an index. `GET /debug/vars`: JSON counters, like Go's expvar.
 //!
-//! Profiling uses the `pprof` crate: `setitimer(ITIMER_PROF)` at 100 Hz and a SIGPROF
-//! handler that walks the interrupted thread's stack. Its unwinder is chosen for the
-//! signal handler: frame pointers (the crate's `frame-pointer` feature; every crate here
-//! is built with frame pointers), which read memory only after validating each address,
-//! and take no lock and allocate nothing, unlike the libgcc unwinder, which can deadlock
-//! or crash in a signal handler. libc, libgcc, pthread and the vDSO are block-listed:
-//! they are built without frame pointers, so a sample that lands inside them is dropped
-//! rather than walked wrongly. Time spent inside those libraries (mostly the syscall
-//! wrappers around io_uring_enter) is therefore missing from profiles; `perf` shows it.
-//! No profiler runs until one is asked for, so profiling costs nothing otherwise.
+//! The profiles themselves live in [`crate::profile`]; this module parses requests,
+//! routes them and writes the answers.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,13 +23,10 @@ use crate::http::date::HttpDate;
 use crate::http::request::{self, Limits, Method, Parsed, Request};
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::profile::cpu;
 use crate::stats::{WorkerStats, OTHER_ALLOCATED_BYTES, OTHER_ALLOCATIONS};
 
-/// Samples per second: pprof's and Go's default.
-const PROFILE_HZ: i32 = 100;
 const MAX_SECONDS: u64 = 300;
-/// Libraries without frame pointers: samples inside them are dropped, not mis-walked.
-const BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
 /// Admin connections served at once; more get a 503.
 const MAX_CLIENTS: usize = 16;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,8 +173,8 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
             extra_headers: b"",
             body: INDEX.as_bytes().to_vec(),
         },
-        b"/debug/pprof/profile" => profile_page(request.query, state, Format::Pprof),
-        b"/debug/pprof/flamegraph" => profile_page(request.query, state, Format::Flamegraph),
+        b"/debug/pprof/profile" => cpu_page(request.query, state, cpu::Format::Pprof),
+        b"/debug/pprof/flamegraph" => cpu_page(request.query, state, cpu::Format::Flamegraph),
         b"/debug/vars" => Page {
             status: Status::OK,
             content_type: crate::http::response::JSON,
@@ -214,11 +203,6 @@ the same profile as an SVG flame graph</li>
 </body></html>
 ";
 
-enum Format {
-    Pprof,
-    Flamegraph,
-}
-
 /// `seconds=N` from the query: 1 to 300, 30 when absent.
 fn seconds(query: &str) -> Result<u64, String> {
     let value = query
@@ -237,84 +221,31 @@ fn seconds(query: &str) -> Result<u64, String> {
     }
 }
 
-fn profile_page(query: &str, state: &AdminState, format: Format) -> Page {
+fn cpu_page(query: &str, state: &AdminState, format: cpu::Format) -> Page {
     let seconds = match seconds(query) {
         Ok(seconds) => seconds,
         Err(message) => return Page::error(Status::BAD_REQUEST, &message),
     };
-    let report = match take_profile(state, seconds) {
-        Ok(report) => report,
-        Err(page) => return page,
+    let (content_type, extra_headers): (_, &'static [u8]) = match format {
+        cpu::Format::Pprof => (
+            "application/octet-stream",
+            b"Content-Disposition: attachment; filename=\"profile\"\r\n",
+        ),
+        cpu::Format::Flamegraph => ("image/svg+xml", b""),
     };
-    let encoded = match format {
-        Format::Pprof => pprof_gzip(&report).map(|body| Page {
+    match cpu::profile(&state.profiling, seconds, format) {
+        Ok(body) => Page {
             status: Status::OK,
-            content_type: "application/octet-stream",
-            extra_headers: b"Content-Disposition: attachment; filename=\"profile\"\r\n",
+            content_type,
+            extra_headers,
             body,
-        }),
-        Format::Flamegraph => {
-            let mut body = Vec::new();
-            let drawn = if report.data.is_empty() {
-                // inferno draws nothing at all for no samples; say why instead.
-                body.extend_from_slice(no_samples_svg(seconds).as_bytes());
-                Ok(())
-            } else {
-                report.flamegraph(&mut body)
-            };
-            drawn
-                .map(|()| Page {
-                    status: Status::OK,
-                    content_type: "image/svg+xml",
-                    extra_headers: b"",
-                    body,
-                })
-                .map_err(|e| e.to_string())
-        }
-    };
-    encoded.unwrap_or_else(|e| Page::error(Status(500), &format!("cannot encode the profile: {e}")))
-}
-
-/// The flame graph of a profile without samples: the process spent the time idle or in
-/// the kernel (samples in system calls are not kept).
-fn no_samples_svg(seconds: u64) -> String {
-    format!(
-        "<?xml version=\"1.0\" standalone=\"no\"?>\n\
-         <svg version=\"1.1\" width=\"1200\" height=\"60\" xmlns=\"http://www.w3.org/2000/svg\">\
-         <text x=\"10\" y=\"35\" font-family=\"Verdana\" font-size=\"16\">\
-         No samples in {seconds} s: the process ran no user-space code while profiled \
-         (idle, or in system calls). Profile again under load.</text></svg>\n"
-    )
-}
-
-/// Samples the whole process for `seconds`; one profile at a time.
-fn take_profile(state: &AdminState, seconds: u64) -> Result<pprof::Report, Page> {
-    if state.profiling.swap(true, Ordering::AcqRel) {
-        return Err(Page::error(
+        },
+        Err(cpu::Error::Busy) => Page::error(
             Status::CONFLICT,
             "a profile is already being taken: wait for it to finish and retry",
-        ));
+        ),
+        Err(cpu::Error::Failed(message)) => Page::error(Status(500), &message),
     }
-    let result = pprof::ProfilerGuardBuilder::default()
-        .frequency(PROFILE_HZ)
-        .blocklist(&BLOCKLIST)
-        .build()
-        .and_then(|guard| {
-            std::thread::sleep(Duration::from_secs(seconds));
-            guard.report().build()
-        })
-        .map_err(|e| Page::error(Status(500), &format!("cannot take a CPU profile: {e}")));
-    state.profiling.store(false, Ordering::Release);
-    result
-}
-
-fn pprof_gzip(report: &pprof::Report) -> Result<Vec<u8>, String> {
-    use pprof::protos::Message;
-    let profile = report.pprof().map_err(|e| e.to_string())?;
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gzip.write_all(&profile.encode_to_vec())
-        .and_then(|()| gzip.finish())
-        .map_err(|e| e.to_string())
 }
 
 /// `/debug/vars`: per worker and total counters, as JSON.

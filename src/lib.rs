@@ -7,7 +7,8 @@
 //! - shell: [`worker`] (one pinned monoio runtime per CPU), [`runtime`] (io_uring or
 //!   epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line);
 //! - observability: [`accesslog`], [`statsd`], [`telemetry`] (per worker), [`stats`]
-//!   (counters) and [`admin`] (pprof profiles and `/debug/vars` on their own thread).
+//!   (counters), [`profile`] (pprof profiles) and [`admin`] (the admin listener that
+//!   serves them and `/debug/vars`, on its own thread).
 //!
 //! See ARCHITECTURE.md for the path of a request and the invariants.
 
@@ -18,6 +19,7 @@ pub mod handler;
 pub mod http;
 pub mod json;
 pub mod leftpad;
+pub mod profile;
 pub mod query;
 pub mod runtime;
 pub mod server;

@@ -203,14 +203,18 @@ the same profile as an SVG flame graph</li>
 </body></html>
 ";
 
+/// The value of query parameter `name`, if present (`name` alone gives "").
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
 /// `seconds=N` from the query: 1 to 300, 30 when absent.
 fn seconds(query: &str) -> Result<u64, String> {
-    let value = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(name, _)| *name == "seconds")
-        .map(|(_, value)| value);
-    match value {
+    match query_param(query, "seconds") {
         None => Ok(30),
         Some(text) => match text.parse::<u64>() {
             Ok(n) if (1..=MAX_SECONDS).contains(&n) => Ok(n),
@@ -222,8 +226,10 @@ fn seconds(query: &str) -> Result<u64, String> {
 }
 
 fn cpu_page(query: &str, state: &AdminState, format: cpu::Format) -> Page {
-    let seconds = match seconds(query) {
-        Ok(seconds) => seconds,
+    let parsed =
+        seconds(query).and_then(|s| Ok((s, cpu::Kernel::parse(query_param(query, "kernel"))?)));
+    let (seconds, kernel) = match parsed {
+        Ok(parsed) => parsed,
         Err(message) => return Page::error(Status::BAD_REQUEST, &message),
     };
     let (content_type, extra_headers): (_, &'static [u8]) = match format {
@@ -233,7 +239,7 @@ fn cpu_page(query: &str, state: &AdminState, format: cpu::Format) -> Page {
         ),
         cpu::Format::Flamegraph => ("image/svg+xml", b""),
     };
-    match cpu::profile(&state.profiling, seconds, format) {
+    match cpu::profile(&state.profiling, seconds, kernel, format) {
         Ok(body) => Page {
             status: Status::OK,
             content_type,
@@ -244,6 +250,7 @@ fn cpu_page(query: &str, state: &AdminState, format: cpu::Format) -> Page {
             Status::CONFLICT,
             "a profile is already being taken: wait for it to finish and retry",
         ),
+        Err(cpu::Error::Refused(message)) => Page::error(Status::BAD_REQUEST, &message),
         Err(cpu::Error::Failed(message)) => Page::error(Status(500), &message),
     }
 }

@@ -3,48 +3,11 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{exchange, get, read_response, Response, Server};
-
-/// One request to the admin port; returns the response with its body.
-fn admin_get(admin: SocketAddr, target: &str) -> Response {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
-        .unwrap();
-    read_response(&mut s, false).expect("an admin response")
-}
-
-/// Keeps `server` busy with pipelined leftpad requests until the returned flag is set.
-fn load(server: &Server) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let addr = server.addr;
-    let thread = std::thread::spawn(move || {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        // Buffered: the responses are parsed byte by byte, and unbuffered that left the
-        // server idle (and its profile empty) while this thread made read calls.
-        let mut s = BufReader::with_capacity(64 * 1024, s);
-        let batch = get("/v1/leftpad/?str=profile&len=64&chr=%E2%98%83").repeat(16);
-        let mut answered = 0;
-        while !flag.load(Ordering::Relaxed) {
-            s.get_mut().write_all(&batch).unwrap();
-            for _ in 0..16 {
-                assert_eq!(read_response(&mut s, false).unwrap().status, 200);
-                answered += 1;
-            }
-        }
-        answered
-    });
-    (stop, thread)
-}
+use common::{admin_get, exchange, get, go_pprof, load, read_response, Server};
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -71,20 +34,7 @@ fn a_profile_under_load_is_read_by_go_tool_pprof() {
     assert_eq!(&profile.body[..2], &[0x1f, 0x8b], "gzip magic");
     assert!(!gunzip(&profile.body).is_empty(), "a protobuf inside");
 
-    let path = std::env::temp_dir().join(format!("leftpad-{}.pb.gz", std::process::id()));
-    std::fs::write(&path, &profile.body).unwrap();
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-top", "-nodecount=500"])
-        .arg(&path)
-        .output()
-        .expect("`go` is needed for this test: apt-get install golang-go (or run .ci/run)");
-    let _ = std::fs::remove_file(&path);
-    let top = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "go tool pprof failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let top = go_pprof(&profile.body, &["-top", "-nodecount=500"]);
     assert!(
         top.contains("leftpad::"),
         "no leftpad function in the profile:\n{top}"

@@ -4,12 +4,20 @@
 //! the admin listener only routes requests to them. The shared parts:
 //!
 //! - [`pprof`]: the profile format (`profile.proto`, gzip), one builder for every kind;
-//! - [`symbols`]: addresses to function names, files and lines, after sampling.
+//! - [`symbols`]: addresses to function names, files and lines, after sampling;
+//! - [`unwind`]: stack unwinding with CFI, exact through libc and the vDSO, safe in a
+//!   signal handler.
 //!
 //! Profile kinds:
 //!
-//! - [`cpu`]: CPU profiles and flame graphs of every thread.
+//! - [`cpu`]: CPU profiles and flame graphs of every thread, sampled by [`sampler`]
+//!   (SIGPROF on per-thread CPU timers) or [`perf`] (`perf_event_open`, with the kernel's
+//!   frames named by [`kernel`]).
 
 pub mod cpu;
+pub mod kernel;
+pub mod perf;
 pub mod pprof;
+pub mod sampler;
 pub mod symbols;
+pub mod unwind;

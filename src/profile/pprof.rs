@@ -174,7 +174,8 @@ impl Builder {
         let mut msg = Vec::new();
         int_field(&mut msg, 1, id);
         int_field(&mut msg, 2, key.0 as u64);
-        int_field(&mut msg, 3, key.0 as u64);
+        // No system_name: pprof "demangles" a name equal to its system name by C++ rules,
+        // which strips Rust's `<Type as Trait>` down to `::method`.
         int_field(&mut msg, 4, key.1 as u64);
         self.function_msgs.push(msg);
         self.functions.insert(key, id);

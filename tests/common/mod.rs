@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,18 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = leftpad_command();
+        Server::start_command(leftpad_command(), args, env)
+    }
+
+    /// Starts the server under `wrapper` (a command that runs its arguments, such as
+    /// `setpriv --reuid=65534 ...`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Server {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_leftpad"));
+        Server::start_command(cmd, args, &[])
+    }
+
+    fn start_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -139,6 +151,11 @@ impl Server {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
         s
+    }
+
+    /// The server's process id (the wrapper's, for a wrapped server that execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, signal: i32) {
@@ -251,4 +268,68 @@ pub fn exchange(server: &Server, request: &[u8]) -> (Response, TcpStream) {
 
 pub fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+/// One request to the admin port; returns the response with its body.
+pub fn admin_get(admin: SocketAddr, target: &str) -> Response {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(&mut s, false).expect("an admin response")
+}
+
+/// Keeps `server` busy with pipelined leftpad requests until the returned flag is set;
+/// the thread returns how many requests were answered.
+pub fn load(server: &Server) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    load_with(server, get("/v1/leftpad/?str=profile&len=64&chr=%E2%98%83"))
+}
+
+/// [`load`] with a request of the caller's (answered 200), sent 16 at a time.
+pub fn load_with(
+    server: &Server,
+    request: Vec<u8>,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let addr = server.addr;
+    let thread = std::thread::spawn(move || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Buffered: the responses are parsed byte by byte, and unbuffered that left the
+        // server idle (and its profile empty) while this thread made read calls.
+        let mut s = BufReader::with_capacity(64 * 1024, s);
+        let batch = request.repeat(16);
+        let mut answered = 0;
+        while !flag.load(Ordering::Relaxed) {
+            s.get_mut().write_all(&batch).unwrap();
+            for _ in 0..16 {
+                assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+                answered += 1;
+            }
+        }
+        answered
+    });
+    (stop, thread)
+}
+
+/// Runs `go tool pprof ARGS profile` on a profile's bytes and returns its output.
+pub fn go_pprof(profile: &[u8], args: &[&str]) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("leftpad-{}-{n}.pb.gz", std::process::id()));
+    std::fs::write(&path, profile).unwrap();
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(&path)
+        .output()
+        .expect("`go` is needed for this test: apt-get install golang-go (or run .ci/run)");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -1,0 +1,362 @@
+//! CPU profiles that see the whole CPU (SPEC §5): samples cover the process's user and
+//! system time, system calls sit under the Rust code that made them, and the kernel's own
+//! frames appear below them where the kernel permits it. Read by the real `go tool pprof`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{admin_get, go_pprof, load, load_with, Server};
+
+/// Under emulation (qemu-user in CI's aarch64 run) neither per-thread CPU clocks nor
+/// perf events behave as on a kernel: the accounting checks are skipped there.
+fn emulated() -> bool {
+    std::env::var("LEFTPAD_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
+
+/// user + system CPU time of `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// `Total samples = 2.95s` (or `950ms`, `1.2mins`) from `go tool pprof -top`, in seconds.
+fn total_samples(top: &str) -> f64 {
+    let text = top
+        .split("Total samples = ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no total in:\n{top}"));
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let value: f64 = text[..number_end].parse().unwrap();
+    match &text[number_end..] {
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "s" => value,
+        "mins" => value * 60.0,
+        unit => panic!("unknown unit {unit} in {text}"),
+    }
+}
+
+/// The stacks of `go tool pprof -traces -lines`, each leaf first, one string per frame
+/// (`function file:line`).
+fn traces(profile: &[u8]) -> Vec<Vec<String>> {
+    let text = go_pprof(profile, &["-traces", "-lines"]);
+    text.split("-----------+")
+        .skip(1)
+        .map(|block| {
+            block
+                .lines()
+                .skip(1)
+                .filter(|line| !line.trim().is_empty() && !line.contains("thread:"))
+                // The first line of a trace starts with its value ("170ms   tcp_ack ...").
+                .map(|line| {
+                    let line = line.trim();
+                    match line.split_once("   ") {
+                        Some((value, frame)) if value.ends_with('s') => frame.trim().to_owned(),
+                        _ => line.to_owned(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn is_kernel(frame: &str) -> bool {
+    frame.contains("[kernel.kallsyms]")
+}
+
+/// The server, busy in every thread: pipelined requests whose log lines pass 1 KiB (a
+/// long User-Agent), so with a 1 KiB log buffer its writer thread writes about once per
+/// request, and StatsD datagrams of at most 64 bytes, about one send per metric line.
+fn busy_server(log: &std::path::Path) -> (Server, Vec<u8>) {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let statsd = statsd.local_addr().unwrap().to_string();
+    let server = Server::start(&[
+        "--access-log",
+        log.to_str().unwrap(),
+        "--log-buffer",
+        "1024",
+        "--log-flush-ms",
+        "5",
+        "--statsd",
+        &statsd,
+        "--statsd-sample-rate",
+        "1",
+        "--statsd-max-packet",
+        "64",
+    ]);
+    let user_agent = "a-long-user-agent/1.0 ".repeat(50);
+    let request = format!(
+        "GET /v1/leftpad/?str=profile&len=64 HTTP/1.1\r\nHost: t\r\nUser-Agent: {user_agent}\r\n\r\n"
+    );
+    (server, request.into_bytes())
+}
+
+/// A 3-second profile under load, and the CPU seconds the server used in the profile's
+/// own window (its `Time` and `Duration`), from `/proc/PID/stat` polled meanwhile.
+fn profile_under_load(kernel: &str) -> (Vec<u8>, f64) {
+    let log = std::env::temp_dir().join(format!("leftpad-cpu-{}-{kernel}.log", std::process::id()));
+    let (server, request) = busy_server(&log);
+    let (stop, loader) = load_with(&server, request);
+    std::thread::sleep(Duration::from_millis(300));
+    let (stop_polling, poller) = poll_cpu(server.pid());
+    let response = admin_get(
+        server.admin.unwrap(),
+        &format!("/debug/pprof/profile?seconds=3&kernel={kernel}"),
+    );
+    stop_polling.store(true, Ordering::Relaxed);
+    let polls = poller.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(loader.join().unwrap() > 1000);
+    drop(server);
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let (start, duration) = window(&response.body);
+    let used = cpu_at(&polls, start + duration) - cpu_at(&polls, start);
+    (response.body, used)
+}
+
+/// (unix time, CPU seconds of `pid`) every 10 ms until the flag is set.
+fn poll_cpu(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<(f64, f64)>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let poller = std::thread::spawn(move || {
+        let mut polls = Vec::new();
+        while !flag.load(Ordering::Relaxed) && polls.len() < 100_000 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            polls.push((now, cpu_seconds(pid)));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        polls
+    });
+    (stop, poller)
+}
+
+/// CPU seconds at unix time `t`, interpolated between the polls around it.
+fn cpu_at(polls: &[(f64, f64)], t: f64) -> f64 {
+    let after = polls.partition_point(|&(time, _)| time < t);
+    assert!(after > 0 && after < polls.len(), "window outside the polls");
+    let ((t0, c0), (t1, c1)) = (polls[after - 1], polls[after]);
+    c0 + (c1 - c0) * (t - t0) / (t1 - t0).max(1e-9)
+}
+
+/// The profile's window: start (unix seconds) and length, from `go tool pprof -raw`
+/// (`Time: 2026-11-25 02:53:59.613068808 +0000 UTC`, `Duration: 3.00`).
+fn window(profile: &[u8]) -> (f64, f64) {
+    let raw = go_pprof(profile, &["-raw"]);
+    let field = |name: &str| {
+        raw.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{raw}"))
+            .trim()
+            .to_owned()
+    };
+    let time = field("Time:");
+    let mut parts = time.split_whitespace();
+    let date: Vec<i64> = parts
+        .next()
+        .unwrap()
+        .split('-')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let clock: Vec<f64> = parts
+        .next()
+        .unwrap()
+        .split(':')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(time.contains("+0000"), "UTC expected: {time}");
+    let days = days_from_civil(date[0], date[1], date[2]) as f64;
+    let start = days * 86400.0 + clock[0] * 3600.0 + clock[1] * 60.0 + clock[2];
+    (start, field("Duration:").parse().unwrap())
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// Samples account for at least 90% of the CPU time the process used in the window.
+fn assert_coverage(profile: &[u8], used: f64) {
+    if emulated() {
+        eprintln!("skipped: CPU-time accounting under emulation is not the kernel's");
+        return;
+    }
+    let top = go_pprof(profile, &["-top", "-nodecount=5"]);
+    let sampled = total_samples(&top);
+    assert!(
+        used > 0.5,
+        "the server was busy: {used:.2} CPU seconds in the window"
+    );
+    assert!(
+        sampled >= 0.9 * used,
+        "samples {sampled:.2} s cover less than 90% of {used:.2} s CPU:\n{top}"
+    );
+}
+
+#[test]
+fn without_kernel_frames_every_sample_is_kept_and_syscalls_sit_under_their_callers() {
+    let (profile, used) = profile_under_load("off");
+    assert_coverage(&profile, used);
+    let traces = traces(&profile);
+    assert!(
+        !traces.iter().flatten().any(|f| is_kernel(f)),
+        "kernel=off has no kernel frames"
+    );
+    let comments = go_pprof(&profile, &["-comments"]);
+    assert!(
+        comments.contains("kernel frames: not available"),
+        "{comments}"
+    );
+    if emulated() {
+        return;
+    }
+    // The log writer's write(2): libc's wrapper is the leaf, the writer's code above it.
+    let writes = traces.iter().find(|t| {
+        t[0].contains("libc_write") && t.iter().any(|f| f.contains("leftpad::accesslog"))
+    });
+    assert!(
+        writes.is_some(),
+        "no trace with libc's write under leftpad::accesslog:\n{traces:#?}"
+    );
+    // The StatsD datagram: libc's send, under the metrics code.
+    let sends = traces
+        .iter()
+        .find(|t| t[0].contains("libc_send") && t.iter().any(|f| f.contains("leftpad::statsd")));
+    assert!(
+        sends.is_some(),
+        "no trace with libc's send under leftpad::statsd:\n{traces:#?}"
+    );
+    // The worker's io_uring_enter: libc's syscall(), directly under the io_uring crate.
+    let enters = traces
+        .iter()
+        .find(|t| t.len() > 2 && t[0].starts_with("syscall ") && t[1].contains("io_uring_enter"));
+    assert!(
+        enters.is_some(),
+        "no syscall leaf under io_uring_enter:\n{traces:#?}"
+    );
+}
+
+#[test]
+fn with_kernel_frames_the_profile_continues_below_the_system_call() {
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && !l.contains("\t0\t"))
+    }) {
+        eprintln!("skipped: kernel frames need root (the tests run as root in CI)");
+        return;
+    }
+    if emulated() {
+        eprintln!("skipped: qemu-user does not emulate perf_event_open");
+        return;
+    }
+    let (profile, used) = profile_under_load("on");
+    assert_coverage(&profile, used);
+    let traces = traces(&profile);
+    // Kernel functions, then the libc function that entered the kernel, then Rust.
+    let below_a_syscall = traces.iter().find(|t| {
+        let Some(first_user) = t.iter().position(|f| !is_kernel(f)) else {
+            return false;
+        };
+        first_user > 0 && t[first_user..].iter().any(|f| f.contains("leftpad::"))
+    });
+    assert!(
+        below_a_syscall.is_some(),
+        "no kernel frames below a system call made by leftpad:\n{traces:#?}"
+    );
+    let comments = go_pprof(&profile, &["-comments"]);
+    assert!(comments.contains("kernel frames: yes"), "{comments}");
+}
+
+#[test]
+fn kernel_parameter_is_checked() {
+    let server = Server::start(&[]);
+    let admin = server.admin.unwrap();
+    let bad = admin_get(admin, "/debug/pprof/profile?seconds=1&kernel=maybe");
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.text().contains("kernel must be auto, on or off"),
+        "{}",
+        bad.text()
+    );
+    let flame = admin_get(admin, "/debug/pprof/flamegraph?seconds=1&kernel=yes");
+    assert_eq!(flame.status, 400);
+}
+
+/// Without permission for kernel sampling, `kernel=on` is a 400 that says why, and the
+/// default (`auto`) profile still accounts for the time and says kernel frames are missing.
+#[test]
+fn unprivileged_kernel_on_is_refused_and_auto_says_why() {
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if paranoid <= 1 || !root || emulated() {
+        eprintln!("skipped: needs root (to drop to nobody) and perf_event_paranoid >= 2");
+        return;
+    }
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let server = Server::start_wrapped(&nobody, &["--access-log", "off", "--statsd", "off"]);
+    let admin = server.admin.unwrap();
+    let refused = admin_get(admin, "/debug/pprof/profile?seconds=1&kernel=on");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.text().contains("perf_event_paranoid"),
+        "{}",
+        refused.text()
+    );
+
+    let (stop, loader) = load(&server);
+    let auto = admin_get(admin, "/debug/pprof/profile?seconds=2");
+    stop.store(true, Ordering::Relaxed);
+    loader.join().unwrap();
+    assert_eq!(auto.status, 200);
+    let comments = go_pprof(&auto.body, &["-comments"]);
+    assert!(
+        comments.contains("kernel frames: not available")
+            && comments.contains("perf_event_paranoid"),
+        "{comments}"
+    );
+    assert!(!traces(&auto.body).iter().flatten().any(|f| is_kernel(f)));
+}
+
+#[test]
+fn civil_dates() {
+    assert_eq!(days_from_civil(1970, 1, 1), 0);
+    assert_eq!(days_from_civil(2000, 3, 1), 11017);
+    assert_eq!(days_from_civil(2026, 11, 25), 20782);
+}
+
+#[test]
+fn total_samples_units() {
+    assert_eq!(
+        total_samples("Duration: 3s, Total samples = 2.95s (98.3%)"),
+        2.95
+    );
+    assert_eq!(total_samples("Total samples = 950ms ( 31.6%)"), 0.95);
+    assert_eq!(total_samples("Total samples = 1.5mins (100%)"), 90.0);
+}

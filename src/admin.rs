@@ -3,10 +3,11 @@
 //! never takes a worker's time. Go registers `net/http/pprof` on the public mux; here the
 //! public port does not know `/debug/` at all.
 //!
-//! - `GET /debug/pprof/profile?seconds=N`: a CPU profile of the whole process (every
-//!   worker) in pprof's protobuf format, gzip-compressed as Go serves it, so
+//! - `GET /debug/pprof/profile?seconds=N&kernel=auto|on|off`: a CPU profile of the whole
+//!   process (every thread, user and kernel time) in pprof's protobuf format,
+//!   gzip-compressed as Go serves it, so
 //!   `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5` works.
-//! - `GET /debug/pprof/flamegraph?seconds=N`: the same profile as an SVG flame graph.
+//! - `GET /debug/pprof/flamegraph?seconds=N&kernel=...`: the same profile as an SVG.
 //! - `GET /debug/pprof/`: an index. `GET /debug/vars`: JSON counters, like Go's expvar.
 //!
 //! The profiles themselves live in [`crate::profile`]; this module parses requests,
@@ -193,10 +194,12 @@ const INDEX: &str = "<!DOCTYPE html>
 <h1>leftpad admin</h1>
 <ul>
 <li><a href=\"/debug/pprof/profile?seconds=30\">/debug/pprof/profile?seconds=30</a>:
-CPU profile of every worker, pprof protobuf (gzip). Use
-<code>go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5</code></li>
+CPU profile of every thread, user and system time, pprof protobuf (gzip). Use
+<code>go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5</code>.
+<code>kernel=auto|on|off</code>: the kernel's own functions below each system call
+(needs root, CAP_PERFMON or perf_event_paranoid &lt;= 1; <code>auto</code> uses them when allowed)</li>
 <li><a href=\"/debug/pprof/flamegraph?seconds=5\">/debug/pprof/flamegraph?seconds=5</a>:
-the same profile as an SVG flame graph</li>
+the same profile as an SVG flame graph (Rust yellow, other user code red, kernel orange)</li>
 <li><a href=\"/debug/vars\">/debug/vars</a>: counters per worker and in total (JSON)</li>
 </ul>
 <p>One profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>

@@ -4,7 +4,13 @@
 //! hook); names are looked up here, on the admin thread, when a profile is encoded. The
 //! `backtrace` crate reads the DWARF of the executable and of every loaded library
 //! (release builds keep `debug = "limited"`), so inlined functions come back as frames
-//! of their own, innermost first, the way pprof wants them.
+//! of their own, innermost first, the way pprof wants them. The vDSO has no file to read:
+//! its functions (`__vdso_clock_gettime`) are named from its in-memory symbol table.
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 /// One function at an address: the innermost inlined function first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +24,9 @@ pub struct Symbol {
 /// without symbols is named by its hexadecimal value. A return address (`is_return`)
 /// points after its call instruction, so the call is looked up one byte earlier.
 pub fn resolve(address: u64, is_return: bool) -> Vec<Symbol> {
+    if let Some(symbol) = vdso().and_then(|vdso| vdso.resolve(address)) {
+        return vec![symbol];
+    }
     // `backtrace::resolve` always looks up one byte before the address it is given (it
     // expects return addresses), so an exact address is passed one byte on.
     let lookup = if is_return {
@@ -48,6 +57,70 @@ pub fn resolve(address: u64, is_return: bool) -> Vec<Symbol> {
     symbols
 }
 
+/// The vDSO's functions: where it is mapped and its dynamic symbols (absolute ranges).
+struct Vdso {
+    range: Range<u64>,
+    functions: Vec<(Range<u64>, String)>,
+}
+
+impl Vdso {
+    fn resolve(&self, address: u64) -> Option<Symbol> {
+        if !self.range.contains(&address) {
+            return None;
+        }
+        let name = self
+            .functions
+            .iter()
+            .find(|(range, _)| range.contains(&address))
+            .map_or_else(|| format!("[vdso] {address:#x}"), |(_, name)| name.clone());
+        Some(Symbol {
+            name,
+            file: "[vdso]".into(),
+            line: 0,
+        })
+    }
+}
+
+fn vdso() -> Option<&'static Vdso> {
+    static VDSO: OnceLock<Option<Vdso>> = OnceLock::new();
+    VDSO.get_or_init(load_vdso).as_ref()
+}
+
+/// Reads the vDSO's symbol table from its image in memory: the kernel maps the whole ELF
+/// file at `AT_SYSINFO_EHDR`; its length is the `[vdso]` line of /proc/self/maps.
+fn load_vdso() -> Option<Vdso> {
+    // SAFETY: getauxval has no preconditions.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    if base == 0 {
+        return None;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let end = maps.lines().find_map(|line| {
+        let (range, _) = line.split_once(' ')?;
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        (start == base && line.ends_with("[vdso]")).then(|| u64::from_str_radix(end, 16).ok())?
+    })?;
+    // SAFETY: the kernel maps the vDSO image, readable, at [base, end) for the life of the
+    // process (the maps line just read says so).
+    let image = unsafe { std::slice::from_raw_parts(base as *const u8, (end - base) as usize) };
+    let file = object::File::parse(image).ok()?;
+    let lowest = file.segments().map(|s| s.address()).min().unwrap_or(0);
+    let bias = base.wrapping_sub(lowest);
+    let functions = file
+        .dynamic_symbols()
+        .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.size() > 0)
+        .filter_map(|symbol| {
+            let start = bias.wrapping_add(symbol.address());
+            Some((start..start + symbol.size(), symbol.name().ok()?.to_owned()))
+        })
+        .collect();
+    Some(Vdso {
+        range: base..end,
+        functions,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +140,21 @@ mod tests {
         );
         assert!(symbol.file.ends_with("symbols.rs"), "{symbol:?}");
         assert!(symbol.line > 0, "{symbol:?}");
+    }
+
+    #[test]
+    fn vdso_functions_are_named() {
+        let Some(vdso) = vdso() else {
+            eprintln!("skipped: no vDSO in this process");
+            return;
+        };
+        let (range, name) = vdso.functions.first().expect("the vDSO exports functions");
+        let symbol = resolve(range.start + 1, false).remove(0);
+        assert_eq!((&symbol.name, symbol.file.as_str()), (name, "[vdso]"));
+        assert!(vdso
+            .functions
+            .iter()
+            .any(|(_, n)| n.contains("clock_gettime")));
     }
 
     #[test]

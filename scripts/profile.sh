@@ -10,7 +10,8 @@
 #
 # -k: kernel frames (the profile's ?kernel=); -l: the function to `list` (default: the
 # connection loop). Output in DIR (default bench-results/profile): profile.pb.gz,
-# top.txt, top-cum.txt, list.txt, peek-syscalls.txt, flamegraph.svg, run.txt.
+# top.txt, top-cum.txt, list.txt, peek-syscalls.txt, cpu-split.txt (flat time by owner:
+# kernel, libc, vDSO, our code, monoio, std), flamegraph.svg, run.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -69,6 +70,10 @@ pprof -list "$list" >"$outdir/list.txt"
 # The system-call wrappers (libc, vDSO) and who called them.
 pprof -peek '^(syscall|__libc_send|__GI___libc_write|__libc_recv|clock_gettime|__vdso_clock_gettime)$' \
   >"$outdir/peek-syscalls.txt"
+# Who owns the CPU: flat time by source file, grouped (kernel, libc, vDSO, our code,
+# monoio, the io_uring crate, Rust's std, other crates).
+pprof -top -files -nodecount=100000 -nodefraction=0 -edgefraction=0 |
+  scripts/cpu-split.py >"$outdir/cpu-split.txt"
 {
   echo "scripts/profile.sh -s $seconds -p $pipeline -k $kernel $*"
   echo "date: $(date -u +%FT%TZ)"

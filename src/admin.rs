@@ -24,13 +24,15 @@ use crate::http::date::HttpDate;
 use crate::http::request::{self, Limits, Method, Parsed, Request};
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
-use crate::profile::cpu;
+use crate::profile::{cpu, heap, symbols};
 use crate::stats::{WorkerStats, OTHER_ALLOCATED_BYTES, OTHER_ALLOCATIONS};
 
 const MAX_SECONDS: u64 = 300;
 /// Admin connections served at once; more get a 503.
 const MAX_CLIENTS: usize = 16;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body (a symbol look-up's list of addresses).
+const MAX_BODY: u64 = 1 << 20;
 
 /// What the admin pages read: the workers' counters and how the process started.
 pub struct AdminState {
@@ -137,7 +139,7 @@ fn serve_client(mut stream: TcpStream, state: &AdminState) {
     let limits = Limits {
         max_head_size: 8192,
         max_headers: 64,
-        max_body_size: 0,
+        max_body_size: MAX_BODY,
     };
     let mut buf = vec![0u8; limits.max_head_size];
     let mut len = 0;
@@ -151,6 +153,16 @@ fn serve_client(mut stream: TcpStream, state: &AdminState) {
             Parsed::Rejected(reject) => {
                 break (false, Page::error(reject.status(), reject.message()))
             }
+            // Go's symbol look-up posts its addresses: the one request with a body.
+            Parsed::Complete { request, head_len }
+                if request.path == b"/debug/pprof/symbol" && buf.starts_with(b"POST ") =>
+            {
+                let Some(body) = read_body(&mut stream, &buf[head_len..len], request.body_len)
+                else {
+                    return;
+                };
+                break (false, symbol_page(&String::from_utf8_lossy(&body)));
+            }
             Parsed::Complete { request, .. } => {
                 break (request.method == Method::Head, route(&request, state));
             }
@@ -158,6 +170,16 @@ fn serve_client(mut stream: TcpStream, state: &AdminState) {
     };
     let (head_only, page) = page;
     let _ = write_page(&mut stream, head_only, page);
+}
+
+/// The body of a request: what came with the head, then the rest, up to `len` bytes.
+fn read_body(stream: &mut TcpStream, received: &[u8], len: u64) -> Option<Vec<u8>> {
+    let len = usize::try_from(len).ok()?;
+    let mut body = received[..received.len().min(len)].to_vec();
+    let start = body.len();
+    body.resize(len, 0);
+    stream.read_exact(&mut body[start..]).ok()?;
+    Some(body)
 }
 
 fn route(request: &Request<'_>, state: &AdminState) -> Page {
@@ -174,6 +196,10 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
             extra_headers: b"",
             body: INDEX.as_bytes().to_vec(),
         },
+        b"/debug/pprof/heap" => heap_page(request.query, heap::Kind::Heap),
+        b"/debug/pprof/allocs" => heap_page(request.query, heap::Kind::Allocs),
+        b"/debug/pprof/cmdline" => text_page(cmdline()),
+        b"/debug/pprof/symbol" => symbol_page(request.query),
         b"/debug/pprof/profile" => cpu_page(request.query, state, cpu::Format::Pprof),
         b"/debug/pprof/flamegraph" => cpu_page(request.query, state, cpu::Format::Flamegraph),
         b"/debug/vars" => Page {
@@ -205,6 +231,61 @@ the same profile as an SVG flame graph (Rust yellow, other user code red, kernel
 <p>One profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>
 </body></html>
 ";
+
+fn text_page(body: String) -> Page {
+    Page {
+        status: Status::OK,
+        content_type: "text/plain; charset=utf-8",
+        extra_headers: b"X-Content-Type-Options: nosniff\r\n",
+        body: body.into_bytes(),
+    }
+}
+
+/// `/debug/pprof/cmdline`: the command line, arguments separated by NUL bytes, as Go's.
+fn cmdline() -> String {
+    std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("\0")
+}
+
+/// `/debug/pprof/symbol`: Go's look-up protocol (the query of a GET, or a POST's body).
+fn symbol_page(addresses: &str) -> Page {
+    text_page(symbols::go_symbol_lookup(addresses))
+}
+
+/// `/debug/pprof/heap` and `/debug/pprof/allocs`: every sample so far, or with
+/// `?seconds=N` the difference over a window of N seconds.
+fn heap_page(query: &str, kind: heap::Kind) -> Page {
+    let window = match query_param(query, "seconds") {
+        None => None,
+        Some(_) => match seconds(query) {
+            Ok(n) => Some(Duration::from_secs(n)),
+            Err(message) => return Page::error(Status::BAD_REQUEST, &message),
+        },
+    };
+    let start = SystemTime::now();
+    let samples = match window {
+        None => heap::snapshot(),
+        Some(window) => {
+            let before = heap::snapshot();
+            std::thread::sleep(window);
+            heap::difference(&before, &heap::snapshot())
+        }
+    };
+    match heap::encode(kind, &samples, start, window) {
+        Ok(body) => Page {
+            status: Status::OK,
+            content_type: "application/octet-stream",
+            extra_headers: match kind {
+                heap::Kind::Heap => b"Content-Disposition: attachment; filename=\"heap\"\r\n",
+                heap::Kind::Allocs => b"Content-Disposition: attachment; filename=\"allocs\"\r\n",
+            },
+            body,
+        },
+        Err(e) => Page::error(Status(500), &format!("cannot encode the profile: {e}")),
+    }
+}
 
 /// The value of query parameter `name`, if present (`name` alone gives "").
 fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {

@@ -119,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "LEFTPAD_ADMIN", default_value = "127.0.0.1:6060", value_parser = crate::admin::parse_flag)]
     pub admin: ::std::option::Option<SocketAddr>,
 
+    /// Heap profiling: sample on average one allocation per this many bytes allocated
+    /// (Go's MemProfileRate), for /debug/pprof/heap and /allocs; 0 turns it off.
+    #[arg(long, env = "LEFTPAD_HEAP_PROFILE_RATE", default_value_t = crate::profile::heap::DEFAULT_RATE)]
+    pub heap_profile_rate: u64,
+
     /// io_uring setup flags (for benchmarking the choice; see ARCHITECTURE.md).
     #[arg(long, env = "LEFTPAD_URING_SETUP", value_enum, default_value_t = UringSetup::Defer, hide = true)]
     pub uring_setup: UringSetup,

@@ -38,6 +38,7 @@ pub fn run(config: Config) -> ExitCode {
 }
 
 fn start_and_wait(config: Config) -> Result<ExitCode, String> {
+    crate::profile::heap::set_rate(config.heap_profile_rate);
     raise_fd_limit();
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let workers = config.workers.map_or(cpus.len().max(1), usize::from);

@@ -7,11 +7,14 @@
 //!
 //! [`CountingAllocator`] wraps mimalloc and counts allocations per thread the same way:
 //! a thread that registers a slot counts into it; any other thread into a shared pair
-//! of atomics (those threads are not on the request path).
+//! of atomics (those threads are not on the request path). It also feeds the sampling
+//! heap profiler ([`crate::profile::heap`]).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::profile::heap;
 
 /// A counter with a single writer: `add` is a plain load and store, not a locked
 /// read-modify-write, and readers on other threads see a recent value.
@@ -114,25 +117,36 @@ fn count(size: usize) {
 }
 
 // SAFETY: every call is forwarded unchanged to mimalloc, which upholds the GlobalAlloc
-// contract; counting only touches a const-initialised thread-local and atomics, neither
-// of which allocates.
+// contract. Counting only touches a const-initialised thread-local and atomics, neither
+// of which allocates; the heap profiler's hooks allocate nothing and take no lock (see
+// `profile::heap`). A block leaves the profiler's table before it is freed, and enters
+// it after it is allocated, so an address is never in the table while another
+// allocation could be handed the same memory.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        let block = unsafe { mimalloc::MiMalloc.alloc(layout) };
+        heap::on_alloc(block, layout.size());
+        block
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        let block = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
+        heap::on_alloc(block, layout.size());
+        block
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(new_size);
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        heap::on_free(ptr);
+        let block = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
+        heap::on_alloc(block, new_size);
+        block
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        heap::on_free(ptr);
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
 }

@@ -12,9 +12,13 @@
 //!
 //! - [`cpu`]: CPU profiles and flame graphs of every thread, sampled by [`sampler`]
 //!   (SIGPROF on per-thread CPU timers) or [`perf`] (`perf_event_open`, with the kernel's
-//!   frames named by [`kernel`]).
+//!   frames named by [`kernel`]);
+//! - [`heap`]: the sampling heap profiler in the allocator (`heap` and `allocs`), its
+//!   stacks walked by [`frames`].
 
 pub mod cpu;
+pub mod frames;
+pub mod heap;
 pub mod kernel;
 pub mod perf;
 pub mod pprof;

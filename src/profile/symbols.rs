@@ -57,6 +57,28 @@ pub fn resolve(address: u64, is_return: bool) -> Vec<Symbol> {
     symbols
 }
 
+/// Go's symbol look-up protocol (`/debug/pprof/symbol`): `+`-separated addresses (hex
+/// with `0x`, or decimal) in, `num_symbols: 1` and then one `0xADDR name` line per
+/// address that names a function out; unknown addresses are left out, as Go does.
+pub fn go_symbol_lookup(addresses: &str) -> String {
+    let mut out = String::from("num_symbols: 1\n");
+    for word in addresses.split('+') {
+        let word = word.trim();
+        let parsed = match word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => word.parse().ok(),
+        };
+        let Some(address) = parsed.filter(|&a| a != 0) else {
+            continue;
+        };
+        let symbol = resolve(address, false).remove(0);
+        if !symbol.name.starts_with("0x") && !symbol.name.starts_with("[vdso] 0x") {
+            out.push_str(&format!("{address:#x} {}\n", symbol.name));
+        }
+    }
+    out
+}
+
 /// The vDSO's functions: where it is mapped and its dynamic symbols (absolute ranges).
 struct Vdso {
     range: Range<u64>,
@@ -155,6 +177,23 @@ mod tests {
             .functions
             .iter()
             .any(|(_, n)| n.contains("clock_gettime")));
+    }
+
+    #[test]
+    fn the_go_symbol_protocol() {
+        let known = named_for_the_test();
+        assert_eq!(go_symbol_lookup(""), "num_symbols: 1\n");
+        let answer = go_symbol_lookup(&format!("{known:#x}+0x10+junk+{known}"));
+        let lines: Vec<&str> = answer.lines().collect();
+        assert_eq!(lines.len(), 3, "{answer}");
+        assert_eq!(lines[0], "num_symbols: 1");
+        for line in &lines[1..] {
+            assert!(line.starts_with(&format!("{known:#x} ")), "{line}");
+            assert!(
+                line.ends_with("symbols::tests::named_for_the_test"),
+                "{line}"
+            );
+        }
     }
 
     #[test]

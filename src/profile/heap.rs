@@ -1,0 +1,567 @@
+//! The sampling heap profiler behind `/debug/pprof/heap` and `/debug/pprof/allocs`.
+//!
+//! As Go's runtime does, the allocator samples on average one allocation per
+//! `--heap-profile-rate` bytes (default 524288, Go's `MemProfileRate`): each thread counts
+//! down a random, exponentially distributed number of bytes, and the allocation that
+//! crosses zero is sampled, its stack recorded. That makes the estimate unbiased: a
+//! sampled allocation of size `s` stands for `1 / (1 - e^(-s/rate))` allocations like it,
+//! which is how the profile scales its values (Go's `scaleHeapSample`). Frees of sampled
+//! blocks are matched, so in-use figures are right.
+//!
+//! The allocator hook's rules (it runs inside every allocation of the process):
+//! - The common path is a thread-local subtraction and compare.
+//! - Nothing allocates: the tables are static arrays of atomics (zero pages until touched,
+//!   so they cost memory only as they fill), and the stack walk writes to the stack.
+//! - No lock: entries are claimed with compare-and-swap; a table that is full, or an
+//!   entry another thread is still writing, means a counted loss, never a wait. So a
+//!   signal handler or another allocation can never be blocked by it.
+//! - No recursion: a thread-local flag makes the hook ignore allocations made while it
+//!   runs (the first stack-bounds query of a thread may use libc's own malloc, which is
+//!   not this allocator, but the flag holds whatever happens).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::frames::{self, MAX_DEPTH};
+use super::pprof::{Builder, Frame};
+use super::symbols;
+
+/// Go's `MemProfileRate`: one sample per this many bytes allocated, on average.
+pub const DEFAULT_RATE: u64 = 512 * 1024;
+/// Distinct allocating stacks kept.
+const STACKS: usize = 4096;
+/// Sampled blocks that can be live at once.
+const LIVE: usize = 1 << 16;
+/// Longest probe sequence in either table before giving up (counted as a loss).
+const MAX_PROBES: usize = 64;
+/// Frames of the hook itself at the top of every walk: the return addresses into
+/// `record` and `sample` (neither is inlined). The allocator's own frames above them are
+/// trimmed by name when the profile is written.
+const HOOK_FRAMES: usize = 2;
+
+/// Bytes per sample; 0 is off. Set once at startup from `--heap-profile-rate`.
+static RATE: AtomicU64 = AtomicU64::new(DEFAULT_RATE);
+
+/// Samples that could not be recorded (a table full, a probe sequence too long).
+static LOST: AtomicU64 = AtomicU64::new(0);
+/// Sampled blocks currently live: frees skip the table lookup while it is zero.
+static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// One allocating stack and what was sampled on it.
+struct StackEntry {
+    /// 0: empty; 1: being written; otherwise the stack's hash (never 0 or 1).
+    hash: AtomicU64,
+    depth: AtomicU32,
+    frames: [AtomicU64; MAX_DEPTH],
+    allocs: AtomicU64,
+    alloc_bytes: AtomicU64,
+    frees: AtomicU64,
+    free_bytes: AtomicU64,
+}
+
+/// A live sampled block: which stack allocated it, and its size.
+struct LiveEntry {
+    /// 0: empty; 1: a removed entry (probes pass it); otherwise the block's address.
+    address: AtomicUsize,
+    stack: AtomicU32,
+    size: AtomicU64,
+}
+
+const EMPTY: u64 = 0;
+const WRITING: u64 = 1;
+const REMOVED: usize = 1;
+
+#[allow(clippy::declare_interior_mutable_const)] // only as array initialisers
+const STACK_ENTRY: StackEntry = StackEntry {
+    hash: AtomicU64::new(EMPTY),
+    depth: AtomicU32::new(0),
+    frames: [const { AtomicU64::new(0) }; MAX_DEPTH],
+    allocs: AtomicU64::new(0),
+    alloc_bytes: AtomicU64::new(0),
+    frees: AtomicU64::new(0),
+    free_bytes: AtomicU64::new(0),
+};
+
+#[allow(clippy::declare_interior_mutable_const)] // only as array initialisers
+const LIVE_ENTRY: LiveEntry = LiveEntry {
+    address: AtomicUsize::new(0),
+    stack: AtomicU32::new(0),
+    size: AtomicU64::new(0),
+};
+
+static STACK_TABLE: [StackEntry; STACKS] = [STACK_ENTRY; STACKS];
+static LIVE_TABLE: [LiveEntry; LIVE] = [LIVE_ENTRY; LIVE];
+
+thread_local! {
+    /// Bytes this thread may still allocate before its next sample.
+    static UNTIL_SAMPLE: Cell<u64> = const { Cell::new(0) };
+    /// This thread's random state; 0 until its first allocation.
+    static RANDOM: Cell<u64> = const { Cell::new(0) };
+    /// Set while the hook runs on this thread.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets the sampling rate (bytes per sample on average; 0 turns sampling off).
+pub fn set_rate(bytes: u64) {
+    RATE.store(bytes, Ordering::Relaxed);
+}
+
+pub fn rate() -> u64 {
+    RATE.load(Ordering::Relaxed)
+}
+
+/// Samples that could not be recorded since the process started.
+pub fn lost() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+/// Called after every successful allocation of `size` bytes at `address`.
+#[inline]
+pub fn on_alloc(address: *mut u8, size: usize) {
+    let size = size as u64;
+    let Ok(until) = UNTIL_SAMPLE.try_with(Cell::get) else {
+        return; // thread teardown: its thread-locals are gone
+    };
+    if until > size {
+        let _ = UNTIL_SAMPLE.try_with(|c| c.set(until - size));
+        return;
+    }
+    sample(address, size, until);
+}
+
+/// Called before every free of the block at `address`.
+#[inline]
+pub fn on_free(address: *mut u8) {
+    if LIVE_COUNT.load(Ordering::Relaxed) != 0 {
+        forget(address as usize);
+    }
+}
+
+/// The slow path: draws the next interval, and records this allocation unless the thread
+/// was only starting its countdown.
+#[cold]
+#[inline(never)]
+fn sample(address: *mut u8, size: u64, until: u64) {
+    let rate = RATE.load(Ordering::Relaxed);
+    if rate == 0 || address.is_null() {
+        let _ = UNTIL_SAMPLE.try_with(|c| c.set(u64::MAX));
+        return;
+    }
+    if IN_HOOK.try_with(|flag| flag.replace(true)).unwrap_or(true) {
+        return;
+    }
+    let first = RANDOM.try_with(|r| r.get() == 0).unwrap_or(false);
+    let next = next_interval(rate);
+    let _ = UNTIL_SAMPLE.try_with(|c| c.set(next));
+    // A thread's first allocation only starts its countdown (its `until` was 0 because
+    // it had none), as Go draws the first interval when a thread starts.
+    if !(first && until == 0) {
+        record(address as usize, size);
+    }
+    let _ = IN_HOOK.try_with(|flag| flag.set(false));
+}
+
+#[inline(never)]
+fn record(address: usize, size: u64) {
+    let mut stack = [0u64; MAX_DEPTH];
+    let depth = frames::walk(HOOK_FRAMES, &mut stack);
+    let Some(index) = intern(&stack[..depth]) else {
+        LOST.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let entry = &STACK_TABLE[index];
+    entry.allocs.fetch_add(1, Ordering::Relaxed);
+    entry.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+    if !remember(address, index as u32, size) {
+        // Not tracked as live: count it freed at once, so in-use never drifts upwards.
+        entry.frees.fetch_add(1, Ordering::Relaxed);
+        entry.free_bytes.fetch_add(size, Ordering::Relaxed);
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The table index of `stack`, adding it if new; `None` if the table is full.
+fn intern(stack: &[u64]) -> Option<usize> {
+    let hash = stack_hash(stack);
+    for probe in 0..MAX_PROBES.min(STACKS) {
+        let index = (hash as usize).wrapping_add(probe) % STACKS;
+        let entry = &STACK_TABLE[index];
+        match entry.hash.load(Ordering::Acquire) {
+            EMPTY => {
+                if entry
+                    .hash
+                    .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue; // another thread took it: look further
+                }
+                for (slot, &frame) in entry.frames.iter().zip(stack) {
+                    slot.store(frame, Ordering::Relaxed);
+                }
+                entry.depth.store(stack.len() as u32, Ordering::Relaxed);
+                entry.hash.store(hash, Ordering::Release);
+                return Some(index);
+            }
+            h if h == hash && same_stack(entry, stack) => return Some(index),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn same_stack(entry: &StackEntry, stack: &[u64]) -> bool {
+    entry.depth.load(Ordering::Relaxed) as usize == stack.len()
+        && entry
+            .frames
+            .iter()
+            .zip(stack)
+            .all(|(slot, &frame)| slot.load(Ordering::Relaxed) == frame)
+}
+
+/// FNV-1a over the frames, kept clear of the EMPTY and WRITING markers.
+fn stack_hash(stack: &[u64]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &frame in stack {
+        for byte in frame.to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash.max(2)
+}
+
+fn live_slot(address: usize, probe: usize) -> usize {
+    (address >> 4)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15usize)
+        .wrapping_add(probe)
+        % LIVE
+}
+
+/// Notes a live sampled block; false if there was no room.
+fn remember(address: usize, stack: u32, size: u64) -> bool {
+    for probe in 0..MAX_PROBES {
+        let entry = &LIVE_TABLE[live_slot(address, probe)];
+        let current = entry.address.load(Ordering::Relaxed);
+        if current != 0 && current != REMOVED {
+            continue;
+        }
+        if entry
+            .address
+            .compare_exchange(current, usize::MAX, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            entry.stack.store(stack, Ordering::Relaxed);
+            entry.size.store(size, Ordering::Relaxed);
+            // Publish last: a free of this block finds it complete.
+            entry.address.store(address, Ordering::Release);
+            LIVE_COUNT.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+    }
+    false
+}
+
+/// Counts the free of a sampled block, if `address` is one.
+fn forget(address: usize) {
+    for probe in 0..MAX_PROBES {
+        let entry = &LIVE_TABLE[live_slot(address, probe)];
+        let current = entry.address.load(Ordering::Acquire);
+        if current == 0 {
+            return; // end of the probe sequence: not sampled
+        }
+        if current != address {
+            continue;
+        }
+        let (stack, size) = (
+            entry.stack.load(Ordering::Relaxed),
+            entry.size.load(Ordering::Relaxed),
+        );
+        if entry
+            .address
+            .compare_exchange(address, REMOVED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            LIVE_COUNT.fetch_sub(1, Ordering::Relaxed);
+            if let Some(stack) = STACK_TABLE.get(stack as usize) {
+                stack.frees.fetch_add(1, Ordering::Relaxed);
+                stack.free_bytes.fetch_add(size, Ordering::Relaxed);
+            }
+        }
+        return;
+    }
+}
+
+/// An exponentially distributed number of bytes with mean `rate` (xorshift64* for the
+/// uniform draw, seeded per thread).
+fn next_interval(rate: u64) -> u64 {
+    let state = RANDOM
+        .try_with(|r| {
+            let mut x = r.get();
+            if x == 0 {
+                x = seed();
+            }
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            r.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
+    // A uniform draw in (0, 1], from the top 53 bits.
+    let uniform = ((state >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    let interval = -uniform.ln() * rate as f64;
+    (interval as u64).max(1)
+}
+
+fn seed() -> u64 {
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    let n = THREADS.fetch_add(1, Ordering::Relaxed);
+    let local = 0u8;
+    let address = std::ptr::addr_of!(local) as u64;
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (time ^ address.rotate_left(17) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
+}
+
+/// What was sampled on one stack: raw sample counts, unscaled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackSamples {
+    /// Return addresses, innermost first.
+    pub frames: Vec<u64>,
+    pub allocs: u64,
+    pub alloc_bytes: u64,
+    pub frees: u64,
+    pub free_bytes: u64,
+}
+
+/// Every stack with samples so far (allocates: call it outside the allocator).
+pub fn snapshot() -> Vec<StackSamples> {
+    STACK_TABLE
+        .iter()
+        .filter(|entry| entry.hash.load(Ordering::Acquire) > WRITING)
+        .map(|entry| {
+            let depth = (entry.depth.load(Ordering::Relaxed) as usize).min(MAX_DEPTH);
+            StackSamples {
+                frames: entry.frames[..depth]
+                    .iter()
+                    .map(|f| f.load(Ordering::Relaxed))
+                    .collect(),
+                allocs: entry.allocs.load(Ordering::Relaxed),
+                alloc_bytes: entry.alloc_bytes.load(Ordering::Relaxed),
+                frees: entry.frees.load(Ordering::Relaxed),
+                free_bytes: entry.free_bytes.load(Ordering::Relaxed),
+            }
+        })
+        .collect()
+}
+
+/// `after - before`, stack by stack (the delta profile of `?seconds=N`).
+pub fn difference(before: &[StackSamples], after: &[StackSamples]) -> Vec<StackSamples> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.frames == a.frames);
+            let b = b.cloned().unwrap_or_default();
+            StackSamples {
+                frames: a.frames.clone(),
+                allocs: a.allocs.saturating_sub(b.allocs),
+                alloc_bytes: a.alloc_bytes.saturating_sub(b.alloc_bytes),
+                frees: a.frees.saturating_sub(b.frees),
+                free_bytes: a.free_bytes.saturating_sub(b.free_bytes),
+            }
+        })
+        .filter(|d| d.allocs > 0 || d.frees > 0)
+        .collect()
+}
+
+/// Go's `scaleHeapSample`: the estimated number and bytes of allocations that `count`
+/// samples totalling `size` bytes stand for, at `rate`.
+pub fn scale(count: u64, size: u64, rate: u64) -> (i64, i64) {
+    if count == 0 || size == 0 {
+        return (0, 0);
+    }
+    if rate <= 1 {
+        return (count as i64, size as i64);
+    }
+    let average = size as f64 / count as f64;
+    let factor = 1.0 / (1.0 - (-average / rate as f64).exp());
+    (
+        (count as f64 * factor) as i64,
+        (size as f64 * factor) as i64,
+    )
+}
+
+/// Which of Go's two memory profiles: the same samples, a different default view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `/debug/pprof/heap`: shows `inuse_space` unless told otherwise.
+    Heap,
+    /// `/debug/pprof/allocs`: shows `alloc_space` unless told otherwise.
+    Allocs,
+}
+
+/// The memory profile of `samples` (all of them, or a window's difference), gzipped
+/// pprof with Go's four sample types, scaled as Go scales them.
+pub fn encode(
+    kind: Kind,
+    samples: &[StackSamples],
+    start: SystemTime,
+    window: Option<Duration>,
+) -> std::io::Result<Vec<u8>> {
+    let rate = rate();
+    let mut builder = Builder::new(
+        &[
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes"),
+        ],
+        ("space", "bytes"),
+        i64::try_from(rate).unwrap_or(i64::MAX),
+    );
+    builder.default_sample_type(match kind {
+        Kind::Heap => "inuse_space",
+        Kind::Allocs => "alloc_space",
+    });
+    builder.time(start, window.unwrap_or_default());
+    builder.comment(&match rate {
+        0 => "heap profiling is off (--heap-profile-rate 0): no samples".to_owned(),
+        _ => format!(
+            "sampled: on average one allocation per {rate} bytes allocated \
+             (--heap-profile-rate); values are estimates scaled as Go scales them"
+        ),
+    });
+    if let Some(window) = window {
+        builder.comment(&format!(
+            "the difference over a {:.1} s window (in-use values: the change in it)",
+            window.as_secs_f64()
+        ));
+    }
+    if lost() > 0 {
+        builder.comment(&format!(
+            "{} samples lost (a profiling table was full)",
+            lost()
+        ));
+    }
+    let mut trimmed = TrimCache::default();
+    for stack in samples {
+        let (alloc_objects, alloc_space) = scale(stack.allocs, stack.alloc_bytes, rate);
+        let (inuse_objects, inuse_space) = scale(
+            stack.allocs.saturating_sub(stack.frees),
+            stack.alloc_bytes.saturating_sub(stack.free_bytes),
+            rate,
+        );
+        let frames: Vec<Frame> = trimmed
+            .caller_frames(&stack.frames)
+            .iter()
+            .map(|&address| Frame::Code {
+                address,
+                is_return: true,
+            })
+            .collect();
+        builder.add_sample(
+            &frames,
+            &[alloc_objects, alloc_space, inuse_objects, inuse_space],
+            &[],
+        );
+    }
+    builder.gzip()
+}
+
+/// Drops the allocator's own frames from the top of each stack, so a stack starts where
+/// the program asked for memory (`Vec::push`, `Box::new`), as Go's start at the
+/// allocating function rather than in `runtime.mallocgc`.
+#[derive(Default)]
+struct TrimCache {
+    is_allocator: std::collections::HashMap<u64, bool>,
+}
+
+impl TrimCache {
+    fn caller_frames<'s>(&mut self, frames: &'s [u64]) -> &'s [u64] {
+        let inside = frames
+            .iter()
+            .take_while(|&&address| {
+                *self.is_allocator.entry(address).or_insert_with(|| {
+                    symbols::resolve(address, true).iter().any(|symbol| {
+                        let name = symbol.name.as_str();
+                        [
+                            "CountingAllocator",
+                            "__rust_",
+                            "__rg_",
+                            "__rdl_",
+                            "profile::heap::",
+                        ]
+                        .iter()
+                        .any(|part| name.contains(part))
+                            || name.starts_with("alloc::alloc::")
+                            || name.starts_with("<alloc::alloc::Global")
+                    })
+                })
+            })
+            .count();
+        &frames[inside..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_follows_go() {
+        // A 512 KiB allocation at the default rate is sampled with probability 1 - 1/e.
+        let (count, bytes) = scale(1, 512 * 1024, DEFAULT_RATE);
+        assert_eq!(count, 1, "1 / (1 - 1/e) = 1.58, truncated as Go does");
+        assert_eq!(bytes, (512.0 * 1024.0 / (1.0 - (-1f64).exp())) as i64);
+        // Small allocations stand for many.
+        assert_eq!(scale(10, 640, DEFAULT_RATE).0, 81_925);
+        assert_eq!(scale(0, 0, DEFAULT_RATE), (0, 0));
+        assert_eq!(
+            scale(3, 300, 1),
+            (3, 300),
+            "rate 1: every allocation is sampled"
+        );
+    }
+
+    #[test]
+    fn intervals_average_the_rate() {
+        let n = 100_000;
+        let total: u64 = (0..n).map(|_| next_interval(1000)).sum();
+        let mean = total as f64 / n as f64;
+        assert!((950.0..1050.0).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn a_stack_is_interned_once_and_live_blocks_are_matched() {
+        let stack = [0x1111, 0x2222, 0x3333_0000_0000_0001];
+        let first = intern(&stack).expect("room");
+        assert_eq!(intern(&stack), Some(first));
+        assert_ne!(intern(&[0x1111, 0x2223]), Some(first));
+
+        let address = 0x7f00_dead_bee0;
+        assert!(remember(address, first as u32, 48));
+        let live = LIVE_COUNT.load(Ordering::Relaxed);
+        assert!(live >= 1);
+        forget(address);
+        forget(address); // a second free of the same address changes nothing
+        let entry = &STACK_TABLE[first];
+        assert_eq!(entry.frees.load(Ordering::Relaxed), 1);
+        assert_eq!(entry.free_bytes.load(Ordering::Relaxed), 48);
+    }
+
+    #[test]
+    fn differences_subtract_stack_by_stack() {
+        let stack = |frames: &[u64], allocs| StackSamples {
+            frames: frames.to_vec(),
+            allocs,
+            alloc_bytes: allocs * 10,
+            frees: 0,
+            free_bytes: 0,
+        };
+        let before = [stack(&[1], 5), stack(&[2], 7)];
+        let after = [stack(&[1], 8), stack(&[2], 7), stack(&[3], 1)];
+        let delta = difference(&before, &after);
+        assert_eq!(delta, [stack(&[1], 3), stack(&[3], 1)]);
+    }
+}

@@ -1,0 +1,191 @@
+//! The rest of Go's `net/http/pprof` (SPEC §5): heap and allocation profiles read by the
+//! real `go tool pprof`, the zero-allocation claim seen in them, `cmdline` and `symbol`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{admin_get, go_pprof, load, read_response, Server};
+
+#[test]
+fn heap_and_allocs_have_gos_sample_types_and_defaults() {
+    let default = Server::start(&[]);
+    let raw = go_pprof(
+        &admin_get(default.admin.unwrap(), "/debug/pprof/heap").body,
+        &["-raw"],
+    );
+    assert!(
+        raw.contains("Period: 524288"),
+        "Go's MemProfileRate by default: {raw}"
+    );
+    drop(default);
+
+    // Every allocation sampled: start-up's allocations (runtimes, buffers) are all seen.
+    let server = Server::start(&["--heap-profile-rate", "1"]);
+    let admin = server.admin.unwrap();
+    for (path, default) in [("heap", "inuse_space"), ("allocs", "alloc_space")] {
+        let response = admin_get(admin, &format!("/debug/pprof/{path}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(&response.body[..2], &[0x1f, 0x8b], "gzip");
+        let raw = go_pprof(&response.body, &["-raw"]);
+        for sample_type in [
+            "alloc_objects/count",
+            "alloc_space/bytes",
+            "inuse_objects/count",
+            "inuse_space/bytes",
+        ] {
+            assert!(raw.contains(sample_type), "{sample_type} in {raw}");
+        }
+        assert!(
+            raw.contains("PeriodType: space bytes") && raw.contains("Period: 1\n"),
+            "{raw}"
+        );
+        let top = go_pprof(&response.body, &["-top"]);
+        assert!(top.contains(&format!("Type: {default}")), "{path}: {top}");
+        // Start-up allocates (runtimes, buffers): there is something to see, named.
+        let objects = go_pprof(&response.body, &["-sample_index=alloc_objects", "-top"]);
+        assert!(objects.contains("leftpad::"), "{objects}");
+        let listed = go_pprof(
+            &response.body,
+            &["-list", "leftpad::server::start_and_wait"],
+        );
+        assert!(listed.contains("ROUTINE"), "{listed}");
+    }
+}
+
+/// The article's `-alloc_objects` view over a window under load, with every allocation
+/// sampled (`--heap-profile-rate 1`): nothing on the request path allocates.
+#[test]
+fn under_load_no_allocation_comes_from_the_request_path() {
+    let log = std::env::temp_dir().join(format!("leftpad-allocs-{}.log", std::process::id()));
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = Server::start(&[
+        "--heap-profile-rate",
+        "1",
+        "--access-log",
+        log.to_str().unwrap(),
+        "--statsd",
+        &statsd.local_addr().unwrap().to_string(),
+    ]);
+    let (stop, loader) = load(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    let allocs = admin_get(server.admin.unwrap(), "/debug/pprof/allocs?seconds=2");
+    stop.store(true, Ordering::Relaxed);
+    let answered = loader.join().unwrap();
+    let all_allocs = admin_get(server.admin.unwrap(), "/debug/pprof/allocs").body;
+    drop(server);
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        answered > 1000,
+        "the server was under load ({answered} answers)"
+    );
+    assert_eq!(allocs.status, 200);
+    let traces = go_pprof(&allocs.body, &["-sample_index=alloc_objects", "-traces"]);
+    for request_path in [
+        "connection_loop",
+        "Conn::process",
+        "handler::App",
+        "Telemetry::record_batch",
+        "statsd::",
+        "accesslog::",
+    ] {
+        assert!(
+            !traces.contains(request_path),
+            "an allocation under {request_path} in the window:\n{traces}"
+        );
+    }
+    let comments = go_pprof(&allocs.body, &["-comments"]);
+    assert!(comments.contains("window"), "{comments}");
+    // The sampler was on all along: the whole-run profile holds start-up's allocations.
+    let whole = go_pprof(&all_allocs, &["-sample_index=alloc_objects", "-traces"]);
+    assert!(whole.contains("leftpad::"), "{whole}");
+}
+
+#[test]
+fn cmdline_is_the_arguments_separated_by_nul() {
+    let server = Server::start(&["--max-len", "77"]);
+    let response = admin_get(server.admin.unwrap(), "/debug/pprof/cmdline");
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let args: Vec<String> = response.text().split('\0').map(str::to_owned).collect();
+    assert!(args[0].ends_with("leftpad"), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--max-len", "77"]),
+        "{args:?}"
+    );
+}
+
+/// Go's symbol protocol: GET says symbols are there; POST of `+`-separated addresses
+/// names them. The addresses come from a profile's own locations.
+#[test]
+fn symbol_lookup_speaks_gos_protocol() {
+    let server = Server::start(&["--heap-profile-rate", "1"]);
+    let admin = server.admin.unwrap();
+    assert_eq!(
+        admin_get(admin, "/debug/pprof/symbol").text(),
+        "num_symbols: 1\n"
+    );
+
+    let heap = admin_get(admin, "/debug/pprof/heap");
+    let raw = go_pprof(&heap.body, &["-raw"]);
+    // Locations: "     7: 0x55d0c0f1a2b3 M=1 leftpad::server::run src/server.rs:41 s=0".
+    let (address, function) = raw
+        .lines()
+        .skip_while(|line| !line.starts_with("Locations"))
+        .find_map(|line| {
+            let mut words = line
+                .split_whitespace()
+                .skip(1)
+                .filter(|w| !w.starts_with("M="));
+            let address = words.next()?.strip_prefix("0x")?.to_owned();
+            let function = words.next()?.to_owned();
+            function
+                .starts_with("leftpad::")
+                .then_some((address, function))
+        })
+        .unwrap_or_else(|| panic!("no leftpad location in:\n{raw}"));
+
+    let body = format!("0x{address}+0x1+garbage");
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /debug/pprof/symbol HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let answer = read_response(&mut s, false).unwrap();
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("num_symbols: 1"));
+    let line = lines
+        .next()
+        .unwrap_or_else(|| panic!("no symbol in {text:?}"));
+    assert!(line.starts_with(&format!("0x{address} ")), "{line}");
+    assert!(
+        line.contains("leftpad::") || line.contains(&function),
+        "{line} for {function}"
+    );
+    assert_eq!(lines.next(), None, "unknown addresses are left out: {text}");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+}
+
+#[test]
+fn a_bad_window_is_a_400() {
+    let server = Server::start(&[]);
+    let response = admin_get(server.admin.unwrap(), "/debug/pprof/allocs?seconds=0");
+    assert_eq!(response.status, 400);
+    assert!(
+        response.text().contains("from 1 to 300"),
+        "{}",
+        response.text()
+    );
+}

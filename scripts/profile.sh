@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
 # The article's profiling workflow in one command: start leftpad (one worker on CPU 0,
 # access log to a file and StatsD to a listening socket, as in production), load it with
-# wrk (CPU 1), take a CPU profile and a flame graph from the admin port while the load
-# runs, and write the article's reports: `top`, `top -cum`, `list` of a function, and
-# `peek` at the system calls (who made them).
+# wrk (CPU 1), take a profile from the admin port while the load runs, and write the
+# article's reports.
 #
-#   scripts/profile.sh [-s SECONDS] [-p PIPELINE] [-k auto|on|off] [-l REGEX] [-o DIR]
-#                      [-- EXTRA LEFTPAD ARGS]
+#   scripts/profile.sh [-t KIND] [-s SECONDS] [-p PIPELINE] [-k auto|on|off] [-l REGEX]
+#                      [-o DIR] [-- EXTRA LEFTPAD ARGS]
 #
-# -k: kernel frames (the profile's ?kernel=); -l: the function to `list` (default: the
-# connection loop). Output in DIR (default bench-results/profile): profile.pb.gz,
-# top.txt, top-cum.txt, list.txt, peek-syscalls.txt, cpu-split.txt (flat time by owner:
-# kernel, libc, vDSO, our code, monoio, std), flamegraph.svg, run.txt.
+# KIND (default cpu):
+#   cpu        profile + flame graph: top.txt, top-cum.txt, list.txt (-l, default the
+#              connection loop), peek-syscalls.txt (who makes each system call),
+#              cpu-split.txt (flat time by owner: kernel, libc, vDSO, our code, monoio,
+#              std), flamegraph.svg; -k: kernel frames (?kernel=)
+#   heap       in-use memory: top.txt (inuse_space), top-alloc.txt (alloc_space)
+#   allocs     allocations in a window under load and since start: window-top.txt and
+#              total-top.txt (-sample_index=alloc_objects, the article's view)
+#   goroutine  connection tasks by state: top.txt, connections.txt (?debug=1)
+#   block      waits in a window under load: top.txt, traces.txt; mutex-top.txt
+# Output in DIR (default bench-results/profile, or bench-results/profile/KIND), with
+# run.txt (machine, commit, load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-seconds=10 pipeline=1 kernel=auto list='leftpad::worker::connection_loop' outdir=bench-results/profile
-while getopts "s:p:k:l:o:" opt; do
+kind=cpu seconds=10 pipeline=1 kernel=auto list='leftpad::worker::connection_loop' outdir=''
+while getopts "t:s:p:k:l:o:" opt; do
   case $opt in
-    s) seconds=$OPTARG ;; p) pipeline=$OPTARG ;; k) kernel=$OPTARG ;; l) list=$OPTARG ;;
-    o) outdir=$OPTARG ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    t) kind=$OPTARG ;; s) seconds=$OPTARG ;; p) pipeline=$OPTARG ;; k) kernel=$OPTARG ;;
+    l) list=$OPTARG ;; o) outdir=$OPTARG ;;
+    *) sed -n '2,26p' "$0"; exit 2 ;;
   esac
 done
+case $kind in
+  cpu) outdir=${outdir:-bench-results/profile} ;;
+  heap | allocs | goroutine | block) outdir=${outdir:-bench-results/profile/$kind} ;;
+  *) echo "profile.sh: -t must be cpu, heap, allocs, goroutine or block, not '$kind'" >&2; exit 2 ;;
+esac
 shift $((OPTIND - 1))
 for tool in wrk go curl python3; do
   command -v "$tool" >/dev/null || { echo "profile.sh: $tool is not installed (see .ci/run)" >&2; exit 1; }
@@ -59,23 +71,53 @@ taskset -c "$load_cpu" wrk -t1 -c64 -d"$((2 * seconds + 4))s" --latency -s "$wor
   "http://$addr$bench_path" -- "$pipeline" >"$workdir/wrk.txt" 2>&1 &
 wrk_pid=$!
 sleep 1
-curl -fsS -o "$outdir/profile.pb.gz" "http://$admin/debug/pprof/profile?seconds=$seconds&kernel=$kernel"
-curl -fsS -o "$outdir/flamegraph.svg" "http://$admin/debug/pprof/flamegraph?seconds=$seconds&kernel=$kernel"
-wait "$wrk_pid"
-
 pprof() { go tool pprof "$@" "$outdir/profile.pb.gz" 2>&1; }
-pprof -top -nodecount=40 >"$outdir/top.txt"
-pprof -top -cum -nodecount=60 >"$outdir/top-cum.txt"
-pprof -list "$list" >"$outdir/list.txt"
-# The system-call wrappers (libc, vDSO) and who called them.
-pprof -peek '^(syscall|__libc_send|__GI___libc_write|__libc_recv|clock_gettime|__vdso_clock_gettime)$' \
-  >"$outdir/peek-syscalls.txt"
-# Who owns the CPU: flat time by source file, grouped (kernel, libc, vDSO, our code,
-# monoio, the io_uring crate, Rust's std, other crates).
-pprof -top -files -nodecount=100000 -nodefraction=0 -edgefraction=0 |
-  scripts/cpu-split.py >"$outdir/cpu-split.txt"
+get() { curl -fsS -o "$outdir/profile.pb.gz" "http://$admin/debug/pprof/$1"; }
+case $kind in
+  cpu)
+    get "profile?seconds=$seconds&kernel=$kernel"
+    curl -fsS -o "$outdir/flamegraph.svg" "http://$admin/debug/pprof/flamegraph?seconds=$seconds&kernel=$kernel"
+    pprof -top -nodecount=40 >"$outdir/top.txt"
+    pprof -top -cum -nodecount=60 >"$outdir/top-cum.txt"
+    pprof -list "$list" >"$outdir/list.txt"
+    # The system-call wrappers (libc, vDSO) and who called them.
+    pprof -peek '^(syscall|__libc_send|__GI___libc_write|__libc_recv|clock_gettime|__vdso_clock_gettime)$' \
+      >"$outdir/peek-syscalls.txt"
+    # Who owns the CPU: flat time by source file, grouped.
+    pprof -top -files -nodecount=100000 -nodefraction=0 -edgefraction=0 |
+      scripts/cpu-split.py >"$outdir/cpu-split.txt"
+    ;;
+  heap)
+    get heap
+    pprof -top -nodecount=30 >"$outdir/top.txt"
+    pprof -sample_index=alloc_space -top -nodecount=30 >"$outdir/top-alloc.txt"
+    ;;
+  allocs)
+    get "allocs?seconds=$seconds"
+    pprof -sample_index=alloc_objects -top -nodecount=30 >"$outdir/window-top.txt"
+    mv "$outdir/profile.pb.gz" "$outdir/window.pb.gz"
+    get allocs
+    pprof -sample_index=alloc_objects -top -nodecount=30 >"$outdir/total-top.txt"
+    ;;
+  goroutine)
+    get goroutine
+    pprof -top >"$outdir/top.txt"
+    curl -fsS -o "$outdir/connections.txt" "http://$admin/debug/pprof/goroutine?debug=1"
+    ;;
+  block)
+    curl -fsS -o "$outdir/mutex.pb.gz" "http://$admin/debug/pprof/mutex"
+    get "block?seconds=$seconds"
+    pprof -top -nodecount=30 >"$outdir/top.txt"
+    pprof -traces >"$outdir/traces.txt"
+    go tool pprof -top "$outdir/mutex.pb.gz" >"$outdir/mutex-top.txt" 2>&1
+    ;;
+esac
+# SIGINT: wrk stops early (after a quick capture) and still prints its figures.
+kill -INT "$wrk_pid" 2>/dev/null || true
+wait "$wrk_pid" || true
+
 {
-  echo "scripts/profile.sh -s $seconds -p $pipeline -k $kernel $*"
+  echo "scripts/profile.sh -t $kind -s $seconds -p $pipeline -k $kernel $*"
   echo "date: $(date -u +%FT%TZ)"
   echo "commit: $commit"
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
@@ -84,4 +126,4 @@ pprof -top -files -nodecount=100000 -nodefraction=0 -edgefraction=0 |
   grep -E "Requests/sec|requests in" "$workdir/wrk.txt"
 } >"$outdir/run.txt"
 cat "$outdir/run.txt"
-head -24 "$outdir/top.txt"
+head -24 "$outdir/top.txt" 2>/dev/null || head -24 "$outdir/window-top.txt"

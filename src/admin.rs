@@ -8,6 +8,8 @@
 //!   gzip-compressed as Go serves it, so
 //!   `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5` works.
 //! - `GET /debug/pprof/flamegraph?seconds=N&kernel=...`: the same profile as an SVG.
+//! - `GET /debug/pprof/heap`, `/allocs`, `/goroutine`, `/block`, `/mutex`, `/cmdline`,
+//!   `/symbol`: the rest of Go's `net/http/pprof`.
 //! - `GET /debug/pprof/`: an index. `GET /debug/vars`: JSON counters, like Go's expvar.
 //!
 //! The profiles themselves live in [`crate::profile`]; this module parses requests,
@@ -24,7 +26,8 @@ use crate::http::date::HttpDate;
 use crate::http::request::{self, Limits, Method, Parsed, Request};
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
-use crate::profile::{cpu, heap, symbols};
+use crate::profile::goroutine::{self, Mailbox};
+use crate::profile::{block, cpu, heap, stacks, symbols};
 use crate::stats::{WorkerStats, OTHER_ALLOCATED_BYTES, OTHER_ALLOCATIONS};
 
 const MAX_SECONDS: u64 = 300;
@@ -40,6 +43,8 @@ pub struct AdminState {
     /// Per worker, when the access log is on.
     pub logs: Vec<Arc<LogStats>>,
     pub drivers: Vec<String>,
+    /// Per worker, where to ask for its connection table.
+    connections: Vec<Arc<Mailbox>>,
     pub started: Instant,
     profiling: AtomicBool,
     clients: AtomicUsize,
@@ -55,10 +60,19 @@ impl AdminState {
             workers,
             logs,
             drivers,
+            connections: Vec::new(),
             started: Instant::now(),
             profiling: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
         }
+    }
+}
+
+impl AdminState {
+    /// The workers' mailboxes for `/debug/pprof/goroutine`.
+    pub fn with_connections(mut self, mailboxes: Vec<Arc<Mailbox>>) -> AdminState {
+        self.connections = mailboxes;
+        self
     }
 }
 
@@ -198,6 +212,9 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
         },
         b"/debug/pprof/heap" => heap_page(request.query, heap::Kind::Heap),
         b"/debug/pprof/allocs" => heap_page(request.query, heap::Kind::Allocs),
+        b"/debug/pprof/goroutine" => goroutine_page(request.query, state),
+        b"/debug/pprof/block" => block_page(request.query, block::Kind::Block),
+        b"/debug/pprof/mutex" => block_page(request.query, block::Kind::Mutex),
         b"/debug/pprof/cmdline" => text_page(cmdline()),
         b"/debug/pprof/symbol" => symbol_page(request.query),
         b"/debug/pprof/profile" => cpu_page(request.query, state, cpu::Format::Pprof),
@@ -218,17 +235,28 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
 const INDEX: &str = "<!DOCTYPE html>
 <html><head><title>leftpad admin</title></head><body>
 <h1>leftpad admin</h1>
+<p>Use them as with Go's net/http/pprof: <code>go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5</code>.</p>
 <ul>
-<li><a href=\"/debug/pprof/profile?seconds=30\">/debug/pprof/profile?seconds=30</a>:
-CPU profile of every thread, user and system time, pprof protobuf (gzip). Use
-<code>go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5</code>.
-<code>kernel=auto|on|off</code>: the kernel's own functions below each system call
+<li><a href=\"/debug/pprof/profile?seconds=30\">profile</a>?seconds=N&amp;kernel=auto|on|off:
+CPU profile of every thread, user and system time, pprof protobuf (gzip).
+<code>kernel</code>: the kernel's own functions below each system call
 (needs root, CAP_PERFMON or perf_event_paranoid &lt;= 1; <code>auto</code> uses them when allowed)</li>
-<li><a href=\"/debug/pprof/flamegraph?seconds=5\">/debug/pprof/flamegraph?seconds=5</a>:
+<li><a href=\"/debug/pprof/flamegraph?seconds=5\">flamegraph</a>?seconds=N:
 the same profile as an SVG flame graph (Rust yellow, other user code red, kernel orange)</li>
+<li><a href=\"/debug/pprof/heap\">heap</a>: sampled memory profile, in use by default
+(<code>-sample_index=alloc_space</code> and friends for the rest); <code>?seconds=N</code> for a window</li>
+<li><a href=\"/debug/pprof/allocs\">allocs</a>: the same samples, everything allocated by default
+(the article's <code>-alloc_objects</code>)</li>
+<li><a href=\"/debug/pprof/goroutine?debug=1\">goroutine</a>: every connection task of every worker by
+what it waits for; <code>?debug=1</code> as text, one line per connection</li>
+<li><a href=\"/debug/pprof/block\">block</a>: where threads waited (contended locks, the log
+writers' writes, refused StatsD sends); <code>?seconds=N</code> for a window</li>
+<li><a href=\"/debug/pprof/mutex\">mutex</a>: contended locks only</li>
+<li><a href=\"/debug/pprof/cmdline\">cmdline</a>: the command line, NUL-separated</li>
+<li><a href=\"/debug/pprof/symbol\">symbol</a>: Go's symbol look-up (POST <code>0xADDR+0xADDR</code>)</li>
 <li><a href=\"/debug/vars\">/debug/vars</a>: counters per worker and in total (JSON)</li>
 </ul>
-<p>One profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>
+<p>One CPU profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>
 </body></html>
 ";
 
@@ -254,37 +282,83 @@ fn symbol_page(addresses: &str) -> Page {
     text_page(symbols::go_symbol_lookup(addresses))
 }
 
-/// `/debug/pprof/heap` and `/debug/pprof/allocs`: every sample so far, or with
-/// `?seconds=N` the difference over a window of N seconds.
-fn heap_page(query: &str, kind: heap::Kind) -> Page {
-    let window = match query_param(query, "seconds") {
-        None => None,
-        Some(_) => match seconds(query) {
-            Ok(n) => Some(Duration::from_secs(n)),
-            Err(message) => return Page::error(Status::BAD_REQUEST, &message),
-        },
-    };
-    let start = SystemTime::now();
-    let samples = match window {
-        None => heap::snapshot(),
+/// `/debug/pprof/goroutine`: every worker's connection tasks by state (pprof), or with
+/// `?debug=1` (or 2) as text with a line per connection.
+fn goroutine_page(query: &str, state: &AdminState) -> Page {
+    let workers = goroutine::collect(&state.connections);
+    match query_param(query, "debug") {
+        Some(level) if level != "0" => text_page(goroutine::text(&workers)),
+        _ => profile_page(
+            b"Content-Disposition: attachment; filename=\"goroutine\"\r\n",
+            goroutine::pprof(&workers),
+        ),
+    }
+}
+
+/// The window of `?seconds=N` on a profile of counters, or `None` for all of them.
+fn window(query: &str) -> Result<Option<Duration>, String> {
+    match query_param(query, "seconds") {
+        None => Ok(None),
+        Some(_) => seconds(query).map(|n| Some(Duration::from_secs(n))),
+    }
+}
+
+/// Counters now, or their difference over the window (sleeping through it).
+fn counted(
+    window: Option<Duration>,
+    snapshot: impl Fn() -> Vec<stacks::Counted>,
+) -> Vec<stacks::Counted> {
+    match window {
+        None => snapshot(),
         Some(window) => {
-            let before = heap::snapshot();
+            let before = snapshot();
             std::thread::sleep(window);
-            heap::difference(&before, &heap::snapshot())
+            stacks::difference(&before, &snapshot())
         }
-    };
-    match heap::encode(kind, &samples, start, window) {
+    }
+}
+
+fn profile_page(name: &'static [u8], encoded: std::io::Result<Vec<u8>>) -> Page {
+    match encoded {
         Ok(body) => Page {
             status: Status::OK,
             content_type: "application/octet-stream",
-            extra_headers: match kind {
-                heap::Kind::Heap => b"Content-Disposition: attachment; filename=\"heap\"\r\n",
-                heap::Kind::Allocs => b"Content-Disposition: attachment; filename=\"allocs\"\r\n",
-            },
+            extra_headers: name,
             body,
         },
         Err(e) => Page::error(Status(500), &format!("cannot encode the profile: {e}")),
     }
+}
+
+/// `/debug/pprof/heap` and `/debug/pprof/allocs`: every sample so far, or with
+/// `?seconds=N` the difference over a window of N seconds.
+fn heap_page(query: &str, kind: heap::Kind) -> Page {
+    let window = match window(query) {
+        Ok(window) => window,
+        Err(message) => return Page::error(Status::BAD_REQUEST, &message),
+    };
+    let start = SystemTime::now();
+    let samples = counted(window, heap::snapshot);
+    let name: &'static [u8] = match kind {
+        heap::Kind::Heap => b"Content-Disposition: attachment; filename=\"heap\"\r\n",
+        heap::Kind::Allocs => b"Content-Disposition: attachment; filename=\"allocs\"\r\n",
+    };
+    profile_page(name, heap::encode(kind, &samples, start, window))
+}
+
+/// `/debug/pprof/block` and `/debug/pprof/mutex`, likewise.
+fn block_page(query: &str, kind: block::Kind) -> Page {
+    let window = match window(query) {
+        Ok(window) => window,
+        Err(message) => return Page::error(Status::BAD_REQUEST, &message),
+    };
+    let start = SystemTime::now();
+    let samples = counted(window, || block::snapshot(kind));
+    let name: &'static [u8] = match kind {
+        block::Kind::Block => b"Content-Disposition: attachment; filename=\"block\"\r\n",
+        block::Kind::Mutex => b"Content-Disposition: attachment; filename=\"mutex\"\r\n",
+    };
+    profile_page(name, block::encode(kind, &samples, start, window))
 }
 
 /// The value of query parameter `name`, if present (`name` alone gives "").

@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::accesslog::{LogStats, Writer};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::profile::goroutine::Mailbox;
 use crate::runtime::DriverReport;
 use crate::stats::WorkerStats;
 use crate::worker::{self, Shared, WorkerSpec};
@@ -73,6 +74,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
     let shared = Arc::new(Shared::default());
     let mut worker_stats: Vec<&'static WorkerStats> = Vec::with_capacity(workers);
     let mut log_stats = Vec::new();
+    let mut mailboxes = Vec::with_capacity(workers);
     let (events, events_rx) = mpsc::channel();
     // Registered before any worker starts, so no signal is missed or fatal.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
@@ -109,6 +111,8 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         // One slot per worker for the life of the process.
         let stats: &'static WorkerStats = Box::leak(Box::default());
         worker_stats.push(stats);
+        let mailbox = Arc::new(Mailbox::default());
+        mailboxes.push(mailbox.clone());
         let spec = WorkerSpec {
             id,
             cpu,
@@ -117,6 +121,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
             shared: shared.clone(),
             log,
             stats,
+            mailbox,
         };
         let ready = ready.clone();
         let events = events.clone();
@@ -146,7 +151,9 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         Some(listener) => {
             let addr = listener.local_addr().ok();
             let names = drivers.iter().map(ToString::to_string).collect();
-            let state = Arc::new(AdminState::new(worker_stats, log_stats, names));
+            let state = Arc::new(
+                AdminState::new(worker_stats, log_stats, names).with_connections(mailboxes),
+            );
             admin::start(listener, state)
                 .map_err(|e| format!("cannot start the admin thread: {e}"))?;
             addr

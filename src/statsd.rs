@@ -240,7 +240,16 @@ impl Client {
 
     /// Sends one datagram; false if it was not sent (refused, buffer full, ...).
     pub fn send(&self, packet: &[u8]) -> bool {
-        matches!(self.socket.send(packet), Ok(n) if n == packet.len())
+        match self.socket.send(packet) {
+            Ok(n) => n == packet.len(),
+            Err(e) => {
+                // A blocking client would have waited here: show it in the block profile.
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    crate::profile::block::would_block();
+                }
+                false
+            }
+        }
     }
 }
 

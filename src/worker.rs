@@ -30,6 +30,7 @@ use crate::http::date::HttpDate;
 use crate::http::request::Limits;
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::profile::goroutine::{ConnInfo, ConnState, Mailbox, WorkerConns};
 use crate::runtime::{DriverReport, Runtime};
 use crate::stats::{self, WorkerStats};
 use crate::statsd::{Client, Metrics};
@@ -68,6 +69,8 @@ pub struct WorkerSpec {
     pub log: Option<(AccessLog, Writer)>,
     /// The worker's counters for `/debug/vars` (it is their only writer).
     pub stats: &'static WorkerStats,
+    /// Where the admin thread asks for the connection table (`/debug/pprof/goroutine`).
+    pub mailbox: Arc<Mailbox>,
 }
 
 /// The worker thread's body: pin, build the runtime, report the driver, serve until
@@ -106,14 +109,20 @@ struct Worker {
     app: RefCell<App>,
     telemetry: RefCell<Telemetry>,
     stats: &'static WorkerStats,
-    /// Open connections: their fds, and whether each waits idle between requests.
+    /// Open connections: their fds, what each waits for, and its totals.
     conns: RefCell<Slab<ConnSlot>>,
     draining: Cell<bool>,
+    mailbox: Arc<Mailbox>,
 }
 
 struct ConnSlot {
     fd: RawFd,
-    idle: bool,
+    state: ConnState,
+    peer: SocketAddr,
+    since: Instant,
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
@@ -152,6 +161,7 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
         date: RefCell::new(HttpDate::new(SystemTime::now())),
         conns: RefCell::new(Slab::new()),
         draining: Cell::new(false),
+        mailbox: spec.mailbox,
     });
     monoio::spawn(tick(worker.clone()));
     accept_loop(&worker, &listener).await;
@@ -206,6 +216,9 @@ async fn tick(worker: Rc<Worker>) {
         if !worker.draining.get() && worker.shared.shutdown.load(Ordering::Relaxed) {
             worker.begin_drain();
         }
+        if worker.mailbox.wanted() {
+            worker.mailbox.answer(worker.connections());
+        }
     }
 }
 
@@ -221,9 +234,30 @@ impl Worker {
             canceller.cancel();
         }
         for (_, slot) in self.conns.borrow().iter() {
-            if slot.idle {
+            if slot.state == ConnState::Idle {
                 shutdown_fd(slot.fd, libc::SHUT_RD);
             }
+        }
+    }
+
+    /// A copy of the connection table, for `/debug/pprof/goroutine`.
+    fn connections(&self) -> WorkerConns {
+        let now = Instant::now();
+        WorkerConns {
+            draining: self.draining.get(),
+            conns: self
+                .conns
+                .borrow()
+                .iter()
+                .map(|(_, slot)| ConnInfo {
+                    peer: slot.peer,
+                    state: slot.state,
+                    age: now - slot.since,
+                    requests: slot.requests,
+                    bytes_in: slot.bytes_in,
+                    bytes_out: slot.bytes_out,
+                })
+                .collect(),
         }
     }
 
@@ -250,9 +284,14 @@ impl Worker {
         telemetry.record_batch(b"", peer.as_bytes(), Duration::ZERO, now);
     }
 
-    fn set_idle(&self, key: usize, idle: bool) {
+    /// Records what connection `key` waits for now, and what it moved since the last
+    /// note (once per read and per write, where the worker touches the slot anyway).
+    fn note(&self, key: usize, state: ConnState, moved: Moved) {
         if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
-            slot.idle = idle;
+            slot.state = state;
+            slot.requests += moved.requests;
+            slot.bytes_in += moved.bytes_in;
+            slot.bytes_out += moved.bytes_out;
         }
     }
 }
@@ -307,7 +346,12 @@ fn accepted_connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     worker.stats.connections_open.add(1);
     let key = worker.conns.borrow_mut().insert(ConnSlot {
         fd: stream.as_raw_fd(),
-        idle: false,
+        state: ConnState::Head,
+        peer,
+        since: Instant::now(),
+        requests: 0,
+        bytes_in: 0,
+        bytes_out: 0,
     });
     let registration = Registration {
         worker: worker.clone(),
@@ -372,6 +416,14 @@ impl Drop for Registration {
     }
 }
 
+/// Requests answered and bytes moved since a connection's slot was last updated.
+#[derive(Clone, Copy, Default)]
+struct Moved {
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
 /// Why a connection's loop ended.
 enum End {
     /// The peer closed, reset or timed out: nothing more to send.
@@ -411,7 +463,11 @@ async fn serve_connection(reg: Registration, mut stream: TcpStream, peer: Socket
     let end = connection_loop(&reg, &peer, &mut stream, &mut input, &mut output).await;
     match end {
         End::Gone => {}
-        End::Close => linger(&mut stream).await,
+        End::Close => {
+            reg.worker
+                .note(reg.key, ConnState::Lingering, Moved::default());
+            linger(&mut stream).await
+        }
         End::HeadTimeout => {
             output.clear();
             let date = *reg.worker.date.borrow().as_bytes();
@@ -445,6 +501,7 @@ async fn connection_loop(
     let mut now = read_at;
     // Until its first read, a connection may hold requests sent before a shutdown signal.
     let mut fresh = true;
+    let mut moved = Moved::default();
     loop {
         let mut more_buffered = false;
         if !input.is_empty() {
@@ -466,15 +523,18 @@ async fn connection_loop(
             };
             now = Instant::now();
             telemetry.record_batch(input, peer.as_bytes(), now - read_at, now.into_std());
+            moved.requests += u64::from(progress.answered);
             input.drain(..progress.consumed);
             more_buffered = output.len() >= OUT_HIGH_WATER;
         }
         if !output.is_empty() {
             let deadline = now + config.write_timeout;
+            worker.note(reg.key, ConnState::Writing, std::mem::take(&mut moved));
             let buf = std::mem::take(output);
             match timeout_at(deadline, stream.write_all(buf)).await {
                 Ok((Ok(_), mut buf)) => {
                     worker.stats.bytes_out.add(buf.len() as u64);
+                    moved.bytes_out += buf.len() as u64;
                     buf.clear();
                     *output = buf;
                 }
@@ -496,8 +556,12 @@ async fn connection_loop(
             }
             Waiting::Head => *head_deadline.get_or_insert(now + config.header_timeout),
         };
-        let idle = waiting == Waiting::Idle;
-        worker.set_idle(reg.key, idle);
+        let state = match waiting {
+            Waiting::Idle => ConnState::Idle,
+            Waiting::Body => ConnState::Body,
+            Waiting::Head | Waiting::Done => ConnState::Head,
+        };
+        worker.note(reg.key, state, std::mem::take(&mut moved));
         if input.len() == input.capacity() {
             // Only a partial head fills the buffer (the core rejects one past the limit).
             input.reserve(worker.limits.max_head_size.max(input.capacity()));
@@ -505,8 +569,9 @@ async fn connection_loop(
         let buf = std::mem::take(input);
         let len = buf.len();
         let read = timeout_at(deadline, stream.read(buf.slice_mut(len..))).await;
-        if idle {
-            worker.set_idle(reg.key, false);
+        if state == ConnState::Idle {
+            // Busy again: the drain must not take it for an idle connection.
+            worker.note(reg.key, ConnState::Head, Moved::default());
         }
         match read {
             Ok((Ok(n), buf)) if n > 0 => {
@@ -515,6 +580,7 @@ async fn connection_loop(
                 read_at = Instant::now();
                 now = read_at;
                 worker.stats.bytes_in.add(n as u64);
+                moved.bytes_in += n as u64;
             }
             Ok(_) => return End::Gone,
             Err(_) if waiting == Waiting::Head => return End::HeadTimeout,

@@ -100,7 +100,23 @@ fn index_and_unknown_paths() {
     let admin = server.admin.unwrap();
     let index = admin_get(admin, "/debug/pprof/");
     assert_eq!(index.status, 200);
-    assert!(index.text().contains("/debug/pprof/profile") && index.text().contains("/debug/vars"));
+    for page in [
+        "profile",
+        "flamegraph",
+        "heap",
+        "allocs",
+        "goroutine",
+        "block",
+        "mutex",
+        "cmdline",
+        "symbol",
+    ] {
+        assert!(
+            index.text().contains(&format!("/debug/pprof/{page}")),
+            "{page}"
+        );
+    }
+    assert!(index.text().contains("/debug/vars"));
     assert_eq!(admin_get(admin, "/nope").status, 404);
 }
 

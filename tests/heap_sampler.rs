@@ -8,14 +8,15 @@
 
 use std::hint::black_box;
 
-use leftpad::profile::heap::{self, StackSamples};
+use leftpad::profile::heap::{self, ALLOCS, ALLOC_BYTES, FREES, FREE_BYTES};
+use leftpad::profile::stacks::Counted;
 use leftpad::profile::symbols;
 
 #[global_allocator]
 static GLOBAL: leftpad::stats::CountingAllocator = leftpad::stats::CountingAllocator;
 
 /// The samples whose stack passes through a function named `function`.
-fn samples_through(function: &str) -> Vec<StackSamples> {
+fn samples_through(function: &str) -> Vec<Counted> {
     heap::snapshot()
         .into_iter()
         .filter(|stack| {
@@ -29,12 +30,13 @@ fn samples_through(function: &str) -> Vec<StackSamples> {
 }
 
 /// Scaled (objects, bytes) over `samples`, allocated or in use.
-fn estimate(samples: &[StackSamples], in_use: bool) -> (f64, f64) {
+fn estimate(samples: &[Counted], in_use: bool) -> (f64, f64) {
     samples.iter().fold((0.0, 0.0), |(objects, bytes), s| {
+        let v = s.values;
         let (count, size) = if in_use {
-            (s.allocs - s.frees, s.alloc_bytes - s.free_bytes)
+            (v[ALLOCS] - v[FREES], v[ALLOC_BYTES] - v[FREE_BYTES])
         } else {
-            (s.allocs, s.alloc_bytes)
+            (v[ALLOCS], v[ALLOC_BYTES])
         };
         let (o, b) = heap::scale(count, size, heap::rate());
         (objects + o as f64, bytes + b as f64)

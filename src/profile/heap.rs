@@ -25,15 +25,19 @@ use std::time::{Duration, SystemTime};
 
 use super::frames::{self, MAX_DEPTH};
 use super::pprof::{Builder, Frame};
+use super::stacks::{Counted, StackTable};
 use super::symbols;
 
 /// Go's `MemProfileRate`: one sample per this many bytes allocated, on average.
 pub const DEFAULT_RATE: u64 = 512 * 1024;
-/// Distinct allocating stacks kept.
-const STACKS: usize = 4096;
+/// The counters of a stack's entry.
+pub const ALLOCS: usize = 0;
+pub const ALLOC_BYTES: usize = 1;
+pub const FREES: usize = 2;
+pub const FREE_BYTES: usize = 3;
 /// Sampled blocks that can be live at once.
 const LIVE: usize = 1 << 16;
-/// Longest probe sequence in either table before giving up (counted as a loss).
+/// Longest probe sequence in the live table before giving up (counted as a loss).
 const MAX_PROBES: usize = 64;
 /// Frames of the hook itself at the top of every walk: the return addresses into
 /// `record` and `sample` (neither is inlined). The allocator's own frames above them are
@@ -48,18 +52,6 @@ static LOST: AtomicU64 = AtomicU64::new(0);
 /// Sampled blocks currently live: frees skip the table lookup while it is zero.
 static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
 
-/// One allocating stack and what was sampled on it.
-struct StackEntry {
-    /// 0: empty; 1: being written; otherwise the stack's hash (never 0 or 1).
-    hash: AtomicU64,
-    depth: AtomicU32,
-    frames: [AtomicU64; MAX_DEPTH],
-    allocs: AtomicU64,
-    alloc_bytes: AtomicU64,
-    frees: AtomicU64,
-    free_bytes: AtomicU64,
-}
-
 /// A live sampled block: which stack allocated it, and its size.
 struct LiveEntry {
     /// 0: empty; 1: a removed entry (probes pass it); otherwise the block's address.
@@ -68,20 +60,7 @@ struct LiveEntry {
     size: AtomicU64,
 }
 
-const EMPTY: u64 = 0;
-const WRITING: u64 = 1;
 const REMOVED: usize = 1;
-
-#[allow(clippy::declare_interior_mutable_const)] // only as array initialisers
-const STACK_ENTRY: StackEntry = StackEntry {
-    hash: AtomicU64::new(EMPTY),
-    depth: AtomicU32::new(0),
-    frames: [const { AtomicU64::new(0) }; MAX_DEPTH],
-    allocs: AtomicU64::new(0),
-    alloc_bytes: AtomicU64::new(0),
-    frees: AtomicU64::new(0),
-    free_bytes: AtomicU64::new(0),
-};
 
 #[allow(clippy::declare_interior_mutable_const)] // only as array initialisers
 const LIVE_ENTRY: LiveEntry = LiveEntry {
@@ -90,7 +69,8 @@ const LIVE_ENTRY: LiveEntry = LiveEntry {
     size: AtomicU64::new(0),
 };
 
-static STACK_TABLE: [StackEntry; STACKS] = [STACK_ENTRY; STACKS];
+/// Allocating stacks; counters: [`ALLOCS`], [`ALLOC_BYTES`], [`FREES`], [`FREE_BYTES`].
+static STACKS: StackTable = StackTable::new();
 static LIVE_TABLE: [LiveEntry; LIVE] = [LIVE_ENTRY; LIVE];
 
 thread_local! {
@@ -166,68 +146,18 @@ fn sample(address: *mut u8, size: u64, until: u64) {
 fn record(address: usize, size: u64) {
     let mut stack = [0u64; MAX_DEPTH];
     let depth = frames::walk(HOOK_FRAMES, &mut stack);
-    let Some(index) = intern(&stack[..depth]) else {
+    let Some((index, entry)) = STACKS.intern(&stack[..depth]) else {
         LOST.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let entry = &STACK_TABLE[index];
-    entry.allocs.fetch_add(1, Ordering::Relaxed);
-    entry.alloc_bytes.fetch_add(size, Ordering::Relaxed);
+    entry.add(ALLOCS, 1);
+    entry.add(ALLOC_BYTES, size);
     if !remember(address, index as u32, size) {
         // Not tracked as live: count it freed at once, so in-use never drifts upwards.
-        entry.frees.fetch_add(1, Ordering::Relaxed);
-        entry.free_bytes.fetch_add(size, Ordering::Relaxed);
+        entry.add(FREES, 1);
+        entry.add(FREE_BYTES, size);
         LOST.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// The table index of `stack`, adding it if new; `None` if the table is full.
-fn intern(stack: &[u64]) -> Option<usize> {
-    let hash = stack_hash(stack);
-    for probe in 0..MAX_PROBES.min(STACKS) {
-        let index = (hash as usize).wrapping_add(probe) % STACKS;
-        let entry = &STACK_TABLE[index];
-        match entry.hash.load(Ordering::Acquire) {
-            EMPTY => {
-                if entry
-                    .hash
-                    .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue; // another thread took it: look further
-                }
-                for (slot, &frame) in entry.frames.iter().zip(stack) {
-                    slot.store(frame, Ordering::Relaxed);
-                }
-                entry.depth.store(stack.len() as u32, Ordering::Relaxed);
-                entry.hash.store(hash, Ordering::Release);
-                return Some(index);
-            }
-            h if h == hash && same_stack(entry, stack) => return Some(index),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn same_stack(entry: &StackEntry, stack: &[u64]) -> bool {
-    entry.depth.load(Ordering::Relaxed) as usize == stack.len()
-        && entry
-            .frames
-            .iter()
-            .zip(stack)
-            .all(|(slot, &frame)| slot.load(Ordering::Relaxed) == frame)
-}
-
-/// FNV-1a over the frames, kept clear of the EMPTY and WRITING markers.
-fn stack_hash(stack: &[u64]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &frame in stack {
-        for byte in frame.to_le_bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    hash.max(2)
 }
 
 fn live_slot(address: usize, probe: usize) -> usize {
@@ -282,9 +212,9 @@ fn forget(address: usize) {
             .is_ok()
         {
             LIVE_COUNT.fetch_sub(1, Ordering::Relaxed);
-            if let Some(stack) = STACK_TABLE.get(stack as usize) {
-                stack.frees.fetch_add(1, Ordering::Relaxed);
-                stack.free_bytes.fetch_add(size, Ordering::Relaxed);
+            if let Some(stack) = STACKS.get(stack as usize) {
+                stack.add(FREES, 1);
+                stack.add(FREE_BYTES, size);
             }
         }
         return;
@@ -324,55 +254,10 @@ fn seed() -> u64 {
     (time ^ address.rotate_left(17) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
 }
 
-/// What was sampled on one stack: raw sample counts, unscaled.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StackSamples {
-    /// Return addresses, innermost first.
-    pub frames: Vec<u64>,
-    pub allocs: u64,
-    pub alloc_bytes: u64,
-    pub frees: u64,
-    pub free_bytes: u64,
-}
-
-/// Every stack with samples so far (allocates: call it outside the allocator).
-pub fn snapshot() -> Vec<StackSamples> {
-    STACK_TABLE
-        .iter()
-        .filter(|entry| entry.hash.load(Ordering::Acquire) > WRITING)
-        .map(|entry| {
-            let depth = (entry.depth.load(Ordering::Relaxed) as usize).min(MAX_DEPTH);
-            StackSamples {
-                frames: entry.frames[..depth]
-                    .iter()
-                    .map(|f| f.load(Ordering::Relaxed))
-                    .collect(),
-                allocs: entry.allocs.load(Ordering::Relaxed),
-                alloc_bytes: entry.alloc_bytes.load(Ordering::Relaxed),
-                frees: entry.frees.load(Ordering::Relaxed),
-                free_bytes: entry.free_bytes.load(Ordering::Relaxed),
-            }
-        })
-        .collect()
-}
-
-/// `after - before`, stack by stack (the delta profile of `?seconds=N`).
-pub fn difference(before: &[StackSamples], after: &[StackSamples]) -> Vec<StackSamples> {
-    after
-        .iter()
-        .map(|a| {
-            let b = before.iter().find(|b| b.frames == a.frames);
-            let b = b.cloned().unwrap_or_default();
-            StackSamples {
-                frames: a.frames.clone(),
-                allocs: a.allocs.saturating_sub(b.allocs),
-                alloc_bytes: a.alloc_bytes.saturating_sub(b.alloc_bytes),
-                frees: a.frees.saturating_sub(b.frees),
-                free_bytes: a.free_bytes.saturating_sub(b.free_bytes),
-            }
-        })
-        .filter(|d| d.allocs > 0 || d.frees > 0)
-        .collect()
+/// Every stack with samples so far, raw (unscaled) counters (allocates: call it
+/// outside the allocator).
+pub fn snapshot() -> Vec<Counted> {
+    STACKS.snapshot()
 }
 
 /// Go's `scaleHeapSample`: the estimated number and bytes of allocations that `count`
@@ -405,7 +290,7 @@ pub enum Kind {
 /// pprof with Go's four sample types, scaled as Go scales them.
 pub fn encode(
     kind: Kind,
-    samples: &[StackSamples],
+    samples: &[Counted],
     start: SystemTime,
     window: Option<Duration>,
 ) -> std::io::Result<Vec<u8>> {
@@ -446,10 +331,11 @@ pub fn encode(
     }
     let mut trimmed = TrimCache::default();
     for stack in samples {
-        let (alloc_objects, alloc_space) = scale(stack.allocs, stack.alloc_bytes, rate);
+        let [allocs, alloc_bytes, frees, free_bytes] = stack.values;
+        let (alloc_objects, alloc_space) = scale(allocs, alloc_bytes, rate);
         let (inuse_objects, inuse_space) = scale(
-            stack.allocs.saturating_sub(stack.frees),
-            stack.alloc_bytes.saturating_sub(stack.free_bytes),
+            allocs.saturating_sub(frees),
+            alloc_bytes.saturating_sub(free_bytes),
             rate,
         );
         let frames: Vec<Frame> = trimmed
@@ -533,35 +419,16 @@ mod tests {
     }
 
     #[test]
-    fn a_stack_is_interned_once_and_live_blocks_are_matched() {
-        let stack = [0x1111, 0x2222, 0x3333_0000_0000_0001];
-        let first = intern(&stack).expect("room");
-        assert_eq!(intern(&stack), Some(first));
-        assert_ne!(intern(&[0x1111, 0x2223]), Some(first));
-
+    fn live_blocks_are_matched_once() {
+        let stack = [0x1111, 0x2222, 0x5555_0000_0000_0001];
+        let (index, _) = STACKS.intern(&stack).expect("room");
         let address = 0x7f00_dead_bee0;
-        assert!(remember(address, first as u32, 48));
-        let live = LIVE_COUNT.load(Ordering::Relaxed);
-        assert!(live >= 1);
+        assert!(remember(address, index as u32, 48));
+        assert!(LIVE_COUNT.load(Ordering::Relaxed) >= 1);
         forget(address);
         forget(address); // a second free of the same address changes nothing
-        let entry = &STACK_TABLE[first];
-        assert_eq!(entry.frees.load(Ordering::Relaxed), 1);
-        assert_eq!(entry.free_bytes.load(Ordering::Relaxed), 48);
-    }
-
-    #[test]
-    fn differences_subtract_stack_by_stack() {
-        let stack = |frames: &[u64], allocs| StackSamples {
-            frames: frames.to_vec(),
-            allocs,
-            alloc_bytes: allocs * 10,
-            frees: 0,
-            free_bytes: 0,
-        };
-        let before = [stack(&[1], 5), stack(&[2], 7)];
-        let after = [stack(&[1], 8), stack(&[2], 7), stack(&[3], 1)];
-        let delta = difference(&before, &after);
-        assert_eq!(delta, [stack(&[1], 3), stack(&[3], 1)]);
+        let counted = STACKS.snapshot();
+        let mine = counted.iter().find(|c| c.frames == stack).expect("listed");
+        assert_eq!((mine.values[FREES], mine.values[FREE_BYTES]), (1, 48));
     }
 }

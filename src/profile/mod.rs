@@ -5,6 +5,8 @@
 //!
 //! - [`pprof`]: the profile format (`profile.proto`, gzip), one builder for every kind;
 //! - [`symbols`]: addresses to function names, files and lines, after sampling;
+//! - [`stacks`]: a lock-free table of stacks with counters, for the profiles that record
+//!   where events happen;
 //! - [`unwind`]: stack unwinding with CFI, exact through libc and the vDSO, safe in a
 //!   signal handler.
 //!
@@ -14,14 +16,20 @@
 //!   (SIGPROF on per-thread CPU timers) or [`perf`] (`perf_event_open`, with the kernel's
 //!   frames named by [`kernel`]);
 //! - [`heap`]: the sampling heap profiler in the allocator (`heap` and `allocs`), its
-//!   stacks walked by [`frames`].
+//!   stacks walked by [`frames`];
+//! - [`goroutine`]: every connection task by what it waits for;
+//! - [`block`]: where threads waited (contended locks, blocking writes), for the block
+//!   and mutex profiles.
 
+pub mod block;
 pub mod cpu;
 pub mod frames;
+pub mod goroutine;
 pub mod heap;
 pub mod kernel;
 pub mod perf;
 pub mod pprof;
 pub mod sampler;
+pub mod stacks;
 pub mod symbols;
 pub mod unwind;

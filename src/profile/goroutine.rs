@@ -1,0 +1,255 @@
+//! `/debug/pprof/goroutine`: this server's counterpart of Go's goroutine profile.
+//!
+//! Go lists every goroutine with what it blocks on; here the tasks that matter are the
+//! connections, and what each waits for is its state in the worker's connection table
+//! (a request head, a body, the next request on an idle keep-alive connection, a write
+//! to a slow client, a lingering close). The table is the worker's own (single thread,
+//! no locks): the admin thread asks for a copy through the worker's [`Mailbox`], which
+//! the worker's 50 ms tick answers, so there is no cost per request, only the state
+//! the worker already keeps per connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::pprof::{Builder, Frame};
+
+/// What a connection task waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnState {
+    /// Reading a request head (a new connection, or the rest of a partial head).
+    Head,
+    /// Reading (and discarding) a request body.
+    Body,
+    /// Between requests on a keep-alive connection.
+    Idle,
+    /// Writing responses to the client.
+    Writing,
+    /// Closing: reading what the client still sends before the socket is closed.
+    Lingering,
+}
+
+impl ConnState {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ConnState::Head => "waiting for a request head",
+            ConnState::Body => "reading a request body",
+            ConnState::Idle => "idle between requests (keep-alive)",
+            ConnState::Writing => "writing responses",
+            ConnState::Lingering => "lingering close",
+        }
+    }
+}
+
+/// One connection, as the worker sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub state: ConnState,
+    pub age: Duration,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A worker's connections at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerConns {
+    pub draining: bool,
+    pub conns: Vec<ConnInfo>,
+}
+
+/// How the admin thread asks a worker for its connection table.
+#[derive(Default)]
+pub struct Mailbox {
+    wanted: AtomicBool,
+    reply: Mutex<Option<WorkerConns>>,
+    answered: Condvar,
+}
+
+impl Mailbox {
+    /// On the worker, every tick: whether a copy is wanted (one relaxed load).
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// On the worker: hands over the copy. `try_lock`: a worker never waits for the
+    /// admin thread; if the lock is held, the copy is offered again next tick.
+    pub fn answer(&self, conns: WorkerConns) {
+        if let Ok(mut reply) = self.reply.try_lock() {
+            *reply = Some(conns);
+            self.wanted.store(false, Ordering::Relaxed);
+            self.answered.notify_all();
+        }
+    }
+
+    /// On the admin thread: asks and waits (bounded) for the answer.
+    pub fn ask(&self, limit: Duration) -> Option<WorkerConns> {
+        let reply = self.reply.lock().ok()?;
+        let mut reply = reply;
+        *reply = None;
+        self.wanted.store(true, Ordering::Relaxed);
+        let (mut reply, _) = self
+            .answered
+            .wait_timeout_while(reply, limit, |r| r.is_none())
+            .ok()?;
+        reply.take()
+    }
+}
+
+/// Every worker's connections (`None` for a worker that did not answer in time).
+pub fn collect(mailboxes: &[std::sync::Arc<Mailbox>]) -> Vec<Option<WorkerConns>> {
+    mailboxes
+        .iter()
+        .map(|m| m.ask(Duration::from_secs(2)))
+        .collect()
+}
+
+/// The pprof profile: one sample per (worker, state), valued by its connection count,
+/// with the stack `state ← worker N ← leftpad::worker::serve_connection`, so that
+/// `go tool pprof -top` lists the states and `-traces` the workers.
+pub fn pprof(workers: &[Option<WorkerConns>]) -> std::io::Result<Vec<u8>> {
+    let mut builder = Builder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+    builder.time(SystemTime::now(), Duration::ZERO);
+    builder.comment("connection tasks of every worker, by what each waits for");
+    for (id, worker) in workers.iter().enumerate() {
+        let Some(worker) = worker else {
+            builder.comment(&format!("worker {id} did not answer in time"));
+            continue;
+        };
+        let mut counts = std::collections::BTreeMap::new();
+        for conn in &worker.conns {
+            *counts.entry(conn.state).or_insert(0i64) += 1;
+        }
+        let worker_name = format!("worker {id}");
+        for (state, count) in counts {
+            let mut leaf = state.describe().to_owned();
+            if worker.draining {
+                leaf.push_str(" (draining)");
+            }
+            let stack = [
+                Frame::Named {
+                    name: leaf,
+                    file: "",
+                },
+                Frame::Named {
+                    name: worker_name.clone(),
+                    file: "",
+                },
+                Frame::Named {
+                    name: "leftpad::worker::serve_connection".into(),
+                    file: "src/worker.rs",
+                },
+            ];
+            let labels = [
+                ("worker", worker_name.as_str()),
+                ("state", state.describe()),
+            ];
+            builder.add_sample(&stack, &[count], &labels);
+        }
+    }
+    builder.gzip()
+}
+
+/// `?debug=1`: per worker the counts by state, then one line per connection.
+pub fn text(workers: &[Option<WorkerConns>]) -> String {
+    let total: usize = workers.iter().flatten().map(|w| w.conns.len()).sum();
+    let mut out = format!("connection tasks: total {total}\n");
+    for (id, worker) in workers.iter().enumerate() {
+        let Some(worker) = worker else {
+            out.push_str(&format!("\nworker {id}: did not answer in time\n"));
+            continue;
+        };
+        let mut counts = std::collections::BTreeMap::new();
+        for conn in &worker.conns {
+            *counts.entry(conn.state).or_insert(0) += 1;
+        }
+        let summary: Vec<String> = counts
+            .iter()
+            .map(|(state, n)| format!("{n} {}", state.describe()))
+            .collect();
+        let draining = if worker.draining { ", draining" } else { "" };
+        out.push_str(&format!(
+            "\nworker {id}: {} connection(s){draining}: {}\n",
+            worker.conns.len(),
+            summary.join(", ")
+        ));
+        for conn in &worker.conns {
+            out.push_str(&format!(
+                "  peer {}  state {:?}  age {:.1}s  requests {}  bytes in {} out {}\n",
+                conn.peer,
+                conn.state,
+                conn.age.as_secs_f64(),
+                conn.requests,
+                conn.bytes_in,
+                conn.bytes_out
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(state: ConnState, requests: u64) -> ConnInfo {
+        ConnInfo {
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            state,
+            age: Duration::from_millis(1500),
+            requests,
+            bytes_in: 10,
+            bytes_out: 20,
+        }
+    }
+
+    #[test]
+    fn text_counts_states_and_lists_connections() {
+        let workers = [
+            Some(WorkerConns {
+                draining: false,
+                conns: vec![
+                    conn(ConnState::Idle, 3),
+                    conn(ConnState::Idle, 1),
+                    conn(ConnState::Head, 0),
+                ],
+            }),
+            None,
+        ];
+        let text = text(&workers);
+        assert!(text.starts_with("connection tasks: total 3\n"), "{text}");
+        assert!(
+            text.contains("worker 0: 3 connection(s): 1 waiting for a request head, 2 idle between requests (keep-alive)"),
+            "{text}"
+        );
+        assert!(text
+            .contains("peer 127.0.0.1:4000  state Idle  age 1.5s  requests 3  bytes in 10 out 20"));
+        assert!(text.contains("worker 1: did not answer in time"));
+    }
+
+    #[test]
+    fn the_mailbox_hands_a_copy_across_threads() {
+        let mailbox = std::sync::Arc::new(Mailbox::default());
+        let worker = mailbox.clone();
+        let answering = std::thread::spawn(move || {
+            for _ in 0..200 {
+                if worker.wanted() {
+                    worker.answer(WorkerConns {
+                        draining: true,
+                        conns: vec![conn(ConnState::Writing, 7)],
+                    });
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        });
+        let reply = mailbox.ask(Duration::from_secs(5)).expect("an answer");
+        assert!(answering.join().unwrap());
+        assert!(reply.draining);
+        assert_eq!(reply.conns, [conn(ConnState::Writing, 7)]);
+        assert!(!mailbox.wanted());
+    }
+}

@@ -355,6 +355,25 @@ pub fn encode(
     builder.gzip()
 }
 
+/// The global allocator's own functions: the allocation shims, our wrapper, this
+/// module, and std's generic allocation path.
+fn is_allocator(name: &str) -> bool {
+    const SHIMS: [&str; 6] = [
+        "__rust_alloc",
+        "__rust_alloc_zeroed",
+        "__rust_realloc",
+        "__rg_alloc",
+        "__rg_alloc_zeroed",
+        "__rg_realloc",
+    ];
+    let last = name.rsplit("::").next().unwrap_or(name);
+    SHIMS.contains(&last)
+        || name.contains("CountingAllocator")
+        || name.starts_with("leftpad::profile::heap::")
+        || name.starts_with("alloc::alloc::")
+        || name.starts_with("<alloc::alloc::Global")
+}
+
 /// Drops the allocator's own frames from the top of each stack, so a stack starts where
 /// the program asked for memory (`Vec::push`, `Box::new`), as Go's start at the
 /// allocating function rather than in `runtime.mallocgc`.
@@ -369,20 +388,9 @@ impl TrimCache {
             .iter()
             .take_while(|&&address| {
                 *self.is_allocator.entry(address).or_insert_with(|| {
-                    symbols::resolve(address, true).iter().any(|symbol| {
-                        let name = symbol.name.as_str();
-                        [
-                            "CountingAllocator",
-                            "__rust_",
-                            "__rg_",
-                            "__rdl_",
-                            "profile::heap::",
-                        ]
+                    symbols::resolve(address, true)
                         .iter()
-                        .any(|part| name.contains(part))
-                            || name.starts_with("alloc::alloc::")
-                            || name.starts_with("<alloc::alloc::Global")
-                    })
+                        .all(|symbol| is_allocator(&symbol.name))
                 })
             })
             .count();
@@ -416,6 +424,25 @@ mod tests {
         let total: u64 = (0..n).map(|_| next_interval(1000)).sum();
         let mean = total as f64 / n as f64;
         assert!((950.0..1050.0).contains(&mean), "mean {mean}");
+    }
+
+    #[test]
+    fn allocator_frames_are_recognised_by_exact_names() {
+        for name in [
+            "__rustc::__rust_alloc",
+            "__rust_realloc",
+            "<leftpad::stats::CountingAllocator as core::alloc::global::GlobalAlloc>::alloc",
+            "alloc::alloc::Global::alloc_impl",
+        ] {
+            assert!(is_allocator(name), "{name}");
+        }
+        for name in [
+            "std::sys::backtrace::__rust_begin_short_backtrace",
+            "alloc::raw_vec::RawVecInner<A>::grow_amortized",
+            "leftpad::accesslog::Writer::run",
+        ] {
+            assert!(!is_allocator(name), "{name}");
+        }
     }
 
     #[test]

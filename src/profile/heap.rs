@@ -26,7 +26,6 @@ use std::time::{Duration, SystemTime};
 use super::frames::{self, MAX_DEPTH};
 use super::pprof::{Builder, Frame};
 use super::stacks::{Counted, StackTable};
-use super::symbols;
 
 /// Go's `MemProfileRate`: one sample per this many bytes allocated, on average.
 pub const DEFAULT_RATE: u64 = 512 * 1024;
@@ -329,7 +328,9 @@ pub fn encode(
             lost()
         ));
     }
-    let mut trimmed = TrimCache::default();
+    // Stacks start where the program asked for memory (`Vec::push`, `Box::new`), as Go's
+    // start at the allocating function rather than in `runtime.mallocgc`.
+    builder.hide(is_allocator);
     for stack in samples {
         let [allocs, alloc_bytes, frees, free_bytes] = stack.values;
         let (alloc_objects, alloc_space) = scale(allocs, alloc_bytes, rate);
@@ -338,8 +339,8 @@ pub fn encode(
             alloc_bytes.saturating_sub(free_bytes),
             rate,
         );
-        let frames: Vec<Frame> = trimmed
-            .caller_frames(&stack.frames)
+        let frames: Vec<Frame> = stack
+            .frames
             .iter()
             .map(|&address| Frame::Code {
                 address,
@@ -356,7 +357,7 @@ pub fn encode(
 }
 
 /// The global allocator's own functions: the allocation shims, our wrapper, this
-/// module, and std's generic allocation path.
+/// module, and std's generic allocation path (hidden from memory profiles).
 fn is_allocator(name: &str) -> bool {
     const SHIMS: [&str; 6] = [
         "__rust_alloc",
@@ -372,30 +373,6 @@ fn is_allocator(name: &str) -> bool {
         || name.starts_with("leftpad::profile::heap::")
         || name.starts_with("alloc::alloc::")
         || name.starts_with("<alloc::alloc::Global")
-}
-
-/// Drops the allocator's own frames from the top of each stack, so a stack starts where
-/// the program asked for memory (`Vec::push`, `Box::new`), as Go's start at the
-/// allocating function rather than in `runtime.mallocgc`.
-#[derive(Default)]
-struct TrimCache {
-    is_allocator: std::collections::HashMap<u64, bool>,
-}
-
-impl TrimCache {
-    fn caller_frames<'s>(&mut self, frames: &'s [u64]) -> &'s [u64] {
-        let inside = frames
-            .iter()
-            .take_while(|&&address| {
-                *self.is_allocator.entry(address).or_insert_with(|| {
-                    symbols::resolve(address, true)
-                        .iter()
-                        .all(|symbol| is_allocator(&symbol.name))
-                })
-            })
-            .count();
-        &frames[inside..]
-    }
 }
 
 #[cfg(test)]

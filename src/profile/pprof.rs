@@ -42,9 +42,11 @@ pub struct Builder {
     functions: HashMap<(i64, i64), u64>,
     /// Encoded `Function` messages, in id order.
     function_msgs: Vec<Vec<u8>>,
-    locations: HashMap<Frame, u64>,
+    /// Location id per frame; `None` for a frame made only of hidden functions.
+    locations: HashMap<Frame, Option<u64>>,
     location_msgs: Vec<Vec<u8>>,
     sample_msgs: Vec<Vec<u8>>,
+    hidden: fn(&str) -> bool,
 }
 
 impl Builder {
@@ -67,6 +69,7 @@ impl Builder {
             locations: HashMap::new(),
             location_msgs: Vec::new(),
             sample_msgs: Vec::new(),
+            hidden: |_| false,
         };
         builder.string(""); // the string table starts with the empty string
         builder.sample_types = sample_types
@@ -92,6 +95,13 @@ impl Builder {
         self.duration_nanos = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
     }
 
+    /// Leaves functions whose name `hidden` accepts out of every stack (inlined ones
+    /// too), as Go's heap profiles leave out the allocator (`runtime.mallocgc`). Set it
+    /// before adding samples.
+    pub fn hide(&mut self, hidden: fn(&str) -> bool) {
+        self.hidden = hidden;
+    }
+
     /// A free-text comment; `go tool pprof -comments` prints them.
     pub fn comment(&mut self, text: &str) {
         let id = self.string(text);
@@ -102,7 +112,10 @@ impl Builder {
     /// string labels (`go tool pprof -tags`).
     pub fn add_sample(&mut self, stack: &[Frame], values: &[i64], labels: &[(&str, &str)]) {
         debug_assert_eq!(values.len(), self.sample_types.len());
-        let location_ids: Vec<u64> = stack.iter().map(|frame| self.location(frame)).collect();
+        let location_ids: Vec<u64> = stack
+            .iter()
+            .filter_map(|frame| self.location(frame))
+            .collect();
         let mut msg = Vec::new();
         packed(&mut msg, 1, &location_ids);
         let values: Vec<u64> = values.iter().map(|&v| v as u64).collect();
@@ -182,25 +195,32 @@ impl Builder {
         id
     }
 
-    /// The location id of `frame`, symbolizing it the first time it is seen.
-    fn location(&mut self, frame: &Frame) -> u64 {
+    /// The location id of `frame`, symbolizing it the first time it is seen; `None` if
+    /// all its functions are hidden.
+    fn location(&mut self, frame: &Frame) -> Option<u64> {
         if let Some(&id) = self.locations.get(frame) {
             return id;
         }
-        let id = self.location_msgs.len() as u64 + 1;
-        let mut msg = Vec::new();
-        int_field(&mut msg, 1, id);
-        let lines = match frame {
-            Frame::Code { address, is_return } => {
-                int_field(&mut msg, 3, *address);
-                symbols::resolve(*address, *is_return)
-            }
+        let mut lines = match frame {
+            Frame::Code { address, is_return } => symbols::resolve(*address, *is_return),
             Frame::Named { name, file } => vec![symbols::Symbol {
                 name: name.clone(),
                 file: (*file).to_owned(),
                 line: 0,
             }],
         };
+        let hidden = self.hidden;
+        lines.retain(|symbol| !hidden(&symbol.name));
+        if lines.is_empty() {
+            self.locations.insert(frame.clone(), None);
+            return None;
+        }
+        let id = self.location_msgs.len() as u64 + 1;
+        let mut msg = Vec::new();
+        int_field(&mut msg, 1, id);
+        if let Frame::Code { address, .. } = frame {
+            int_field(&mut msg, 3, *address);
+        }
         // pprof lists a location's inlined functions innermost first, as resolve does.
         for symbol in &lines {
             let function_id = self.function(&symbol.name, &symbol.file);
@@ -210,8 +230,8 @@ impl Builder {
             bytes_field(&mut msg, 4, &line);
         }
         self.location_msgs.push(msg);
-        self.locations.insert(frame.clone(), id);
-        id
+        self.locations.insert(frame.clone(), Some(id));
+        Some(id)
     }
 }
 
@@ -347,6 +367,20 @@ mod tests {
             .map(|&id| name_of(id))
             .collect();
         assert_eq!(stack, ["leaf", "main"]);
+    }
+
+    #[test]
+    fn hidden_functions_leave_the_stacks() {
+        let mut b = Builder::new(&[("samples", "count")], ("cpu", "nanoseconds"), 1);
+        b.hide(|name| name.starts_with("alloc"));
+        b.add_sample(
+            &[named("alloc_inner"), named("caller"), named("main")],
+            &[1],
+            &[],
+        );
+        let p = pprof::protos::Profile::decode(b.encode().as_slice()).expect("valid protobuf");
+        assert_eq!(p.sample[0].location_id.len(), 2, "the hidden frame is gone");
+        assert_eq!(p.location.len(), 2);
     }
 
     #[inline(never)]

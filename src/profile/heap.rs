@@ -122,8 +122,12 @@ pub fn on_free(address: *mut u8) {
 #[cold]
 #[inline(never)]
 fn sample(address: *mut u8, size: u64, until: u64) {
+    if address.is_null() {
+        return; // a failed allocation: nothing to record, and the countdown stands
+    }
     let rate = RATE.load(Ordering::Relaxed);
-    if rate == 0 || address.is_null() {
+    if rate == 0 {
+        // Off (set once at startup): never come back to the slow path.
         let _ = UNTIL_SAMPLE.try_with(|c| c.set(u64::MAX));
         return;
     }

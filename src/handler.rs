@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use crate::http::conn::Service;
 use crate::http::request::{Method, Request};
 use crate::http::response::{Response, JSON, TEXT};
 use crate::http::Status;
@@ -31,6 +32,14 @@ pub struct App {
     message: String,
 }
 
+impl Service for App {
+    type Outcome = Handled;
+
+    fn handle(&mut self, request: &Request<'_>, response: &mut Response<'_>) -> Handled {
+        self.route(request, response)
+    }
+}
+
 impl App {
     pub fn new(max_len: u64) -> App {
         App {
@@ -40,7 +49,7 @@ impl App {
         }
     }
 
-    pub fn handle(&mut self, req: &Request<'_>, res: &mut Response<'_>) -> Handled {
+    fn route(&mut self, req: &Request<'_>, res: &mut Response<'_>) -> Handled {
         let route = match req.path {
             b"/v1/leftpad/" | b"/v1/leftpad" => Route::Leftpad,
             b"/healthz" => Route::Healthz,

@@ -21,7 +21,8 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
-use crate::http::conn::Record;
+use crate::handler::Handled;
+use crate::http::Status;
 
 /// StatsD settings, from the command line.
 #[derive(Clone, Debug)]
@@ -135,8 +136,14 @@ impl Metrics {
     }
 
     /// Records the metrics of one answered request, sending packets that fill up.
-    pub fn record(&mut self, record: &Record, micros: u64, send: &mut impl FnMut(&[u8]) -> bool) {
-        if record.handled.leftpad {
+    pub fn record(
+        &mut self,
+        status: Status,
+        handled: Handled,
+        micros: u64,
+        send: &mut impl FnMut(&[u8]) -> bool,
+    ) {
+        if handled.leftpad {
             if self.keep() {
                 let at = self.start_line(Head::Timing);
                 write_millis(&mut self.packet, micros);
@@ -147,7 +154,7 @@ impl Metrics {
                 let at = self.start_line(Head::Count);
                 self.end_line(at, false, send);
             }
-            if let Some(chars) = record.handled.str_chars {
+            if let Some(chars) = handled.str_chars {
                 if self.keep() {
                     let at = self.start_line(Head::StrLen);
                     let mut digits = itoa::Buffer::new();
@@ -158,11 +165,11 @@ impl Metrics {
                 }
             }
         }
-        if record.status.0 != 200 && self.keep() {
+        if status.0 != 200 && self.keep() {
             let at = self.start_line(Head::Status);
             let mut digits = itoa::Buffer::new();
             self.packet
-                .extend_from_slice(digits.format(record.status.0).as_bytes());
+                .extend_from_slice(digits.format(status.0).as_bytes());
             self.packet.extend_from_slice(b":1|c");
             self.end_line(at, true, send);
         }
@@ -256,8 +263,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handler::Handled;
-    use crate::http::Status;
 
     fn settings(rate: f64, max_packet: usize) -> Settings {
         Settings {
@@ -268,24 +273,22 @@ mod tests {
         }
     }
 
-    fn record(status: u16, leftpad: bool, str_chars: Option<u32>) -> Record {
-        Record {
-            target: Default::default(),
-            user_agent: Default::default(),
-            status: Status(status),
-            handled: Handled { leftpad, str_chars },
-        }
+    /// An answer as the metrics see it: status and what the handler did.
+    type Answer = (Status, Handled);
+
+    fn record(status: u16, leftpad: bool, str_chars: Option<u32>) -> Answer {
+        (Status(status), Handled { leftpad, str_chars })
     }
 
     /// Records `records` and flushes; returns the packets sent.
-    fn packets(metrics: &mut Metrics, records: &[(Record, u64)]) -> Vec<String> {
+    fn packets(metrics: &mut Metrics, records: &[(Answer, u64)]) -> Vec<String> {
         let mut sent = Vec::new();
         let mut send = |p: &[u8]| {
             sent.push(String::from_utf8(p.to_vec()).unwrap());
             true
         };
-        for (r, micros) in records {
-            metrics.record(r, *micros, &mut send);
+        for ((status, handled), micros) in records {
+            metrics.record(*status, *handled, *micros, &mut send);
         }
         metrics.flush(&mut send);
         sent
@@ -397,7 +400,8 @@ mod tests {
     #[test]
     fn failed_sends_are_counted() {
         let mut m = Metrics::new(&settings(1.0, 1432), 1);
-        m.record(&record(200, true, Some(1)), 1, &mut |_| false);
+        let (status, handled) = record(200, true, Some(1));
+        m.record(status, handled, 1, &mut |_| false);
         m.flush(&mut |_| false);
         assert_eq!(m.stats.send_errors, 1);
         assert_eq!(m.stats.packets, 0);

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::accesslog::{AccessLog, Line, LineTime};
+use crate::handler::Handled;
 use crate::http::conn::Record;
 use crate::stats::WorkerStats;
 use crate::statsd::Metrics;
@@ -24,7 +25,7 @@ pub struct Telemetry {
     pub log: Option<AccessLog>,
     pub metrics: Option<(Metrics, PacketSender)>,
     /// Filled by `Conn::process`, emptied by `record_batch`; reused.
-    pub records: Vec<Record>,
+    pub records: Vec<Record<Handled>>,
     /// The worker's counters for `/debug/vars`.
     stats: &'static WorkerStats,
     time: LineTime,
@@ -65,7 +66,7 @@ impl Telemetry {
                 log.append(&mut self.time, unix_ms, &line);
             }
             if let Some((metrics, send)) = &mut self.metrics {
-                metrics.record(record, micros, send);
+                metrics.record(record.status, record.outcome, micros, send);
             }
         }
         self.records.clear();

@@ -278,7 +278,7 @@ impl Worker {
             target: Span::default(),
             user_agent: Span::default(),
             status,
-            handled: Handled::default(),
+            outcome: Handled::default(),
         });
         let now = std::time::Instant::now();
         telemetry.record_batch(b"", peer.as_bytes(), Duration::ZERO, now);
@@ -513,7 +513,7 @@ async fn connection_loop(
             // ends, not the worker and its other clients.
             let progress = match std::panic::catch_unwind(AssertUnwindSafe(|| {
                 let records = &mut telemetry.records;
-                conn.process(input, output, records, &mut app, &worker.limits, &date)
+                conn.process(input, output, records, &mut *app, &worker.limits, &date)
             })) {
                 Ok(progress) => progress,
                 Err(_) => {

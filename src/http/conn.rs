@@ -14,10 +14,20 @@
 //! `Closed` answers nothing more: bytes after a `Connection: close` request or after a
 //! malformed head are ignored, and the worker closes once the output is written.
 
-use super::request::{self, Limits, Method, Parsed};
+use super::request::{self, Limits, Method, Parsed, Request};
 use super::response::{Connection, Response};
 use super::Status;
-use crate::handler::{App, Handled};
+
+/// What answers requests: the application, as far as this module knows it (the core is
+/// generic over it, as hyper's `proto/h1` is over its service).
+pub trait Service {
+    /// What the service reports about each answer, kept in its [`Record`] for the layers
+    /// above (metrics); the core only stores it.
+    type Outcome: Copy + Default;
+
+    /// Answers `request` by writing exactly one response.
+    fn handle(&mut self, request: &Request<'_>, response: &mut Response<'_>) -> Self::Outcome;
+}
 
 /// Past this much output, `process` stops and lets the worker write before answering
 /// more pipelined requests, so the output buffer stays bounded whatever the input.
@@ -74,12 +84,14 @@ impl Span {
 
 /// One answered request, for the access log and the metrics. Spans point into the
 /// input the request was parsed from, which the worker keeps until it has logged.
+/// `outcome` is the service's report (its default for answers the core gave itself,
+/// such as a 400 for a malformed head).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Record {
+pub struct Record<O> {
     pub target: Span,
     pub user_agent: Span,
     pub status: Status,
-    pub handled: Handled,
+    pub outcome: O,
 }
 
 /// What the worker should read next, for choosing a timeout.
@@ -110,12 +122,12 @@ impl Conn {
     /// `out` and one [`Record`] per answer to `records`. Stops at a partial request, when
     /// `out` passes [`OUT_HIGH_WATER`], or when the connection must close
     /// ([`Conn::waiting`] is then [`Waiting::Done`]).
-    pub fn process(
+    pub fn process<S: Service>(
         &mut self,
         input: &[u8],
         out: &mut Vec<u8>,
-        records: &mut Vec<Record>,
-        app: &mut App,
+        records: &mut Vec<Record<S::Outcome>>,
+        service: &mut S,
         limits: &Limits,
         date: &[u8; 29],
     ) -> Progress {
@@ -151,7 +163,7 @@ impl Conn {
                                 target: Span::default(),
                                 user_agent: Span::default(),
                                 status: reject.status(),
-                                handled: Handled::default(),
+                                outcome: S::Outcome::default(),
                             });
                             answered += 1;
                             self.state = State::Closed;
@@ -169,12 +181,12 @@ impl Conn {
                             };
                             let head_only = request.method == Method::Head;
                             let mut res = Response::new(out, date, head_only, connection);
-                            let handled = app.handle(&request, &mut res);
+                            let outcome = service.handle(&request, &mut res);
                             records.push(Record {
                                 target: Span::of(input, request.target),
                                 user_agent: Span::of(input, request.user_agent),
                                 status: res.status(),
-                                handled,
+                                outcome,
                             });
                             answered += 1;
                             self.state = match (close, request.body_len) {
@@ -207,6 +219,8 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The real application drives the state machine in these tests.
+    use crate::handler::{App, Handled};
 
     const LIMITS: Limits = Limits {
         max_head_size: 1024,
@@ -311,7 +325,7 @@ mod tests {
                     r.target.get(&input),
                     r.user_agent.get(&input),
                     r.status.0,
-                    r.handled,
+                    r.outcome,
                 )
             })
             .collect();

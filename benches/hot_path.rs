@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use leftpad::accesslog::{self, Line, LineTime, LogStats, Target, Writer};
-use leftpad::handler::{App, Handled};
+use leftpad::handler::{App, Handled, Route};
 use leftpad::http::conn::Conn;
 use leftpad::http::request::Limits;
 use leftpad::http::Status;
@@ -124,13 +124,16 @@ fn pure_functions(c: &mut Criterion) {
     };
     let mut metrics = Metrics::new(&settings, 1);
     let handled = Handled {
-        leftpad: true,
+        route: Route::Leftpad,
         str_chars: Some(4),
     };
     bench(c, "statsd/request_lines", || {
-        metrics.record(black_box(Status::OK), black_box(handled), 12, &mut |packet| {
-            !black_box(packet).is_empty()
-        });
+        metrics.record(
+            black_box(Status::OK),
+            black_box(handled),
+            12,
+            &mut |packet| !black_box(packet).is_empty(),
+        );
     });
 
     let mut time = LineTime::default();

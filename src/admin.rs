@@ -28,6 +28,7 @@ use crate::http::response::{Connection, Response};
 use crate::http::Status;
 use crate::profile::goroutine::{self, Mailbox};
 use crate::profile::{block, cpu, heap, stacks, symbols};
+use crate::prometheus;
 use crate::stats::{WorkerStats, OTHER_ALLOCATED_BYTES, OTHER_ALLOCATIONS};
 
 const MAX_SECONDS: u64 = 300;
@@ -77,7 +78,16 @@ impl AdminState {
 }
 
 /// Serves `listener` on a thread of its own, one short-lived thread per client.
-pub fn start(listener: TcpListener, state: Arc<AdminState>) -> io::Result<()> {
+/// Which pages a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    /// The admin listener: profiles, `/debug/vars`, `/metrics`.
+    All,
+    /// `--metrics ADDR`: `/metrics` alone, for a scraper on another host.
+    MetricsOnly,
+}
+
+pub fn start(listener: TcpListener, state: Arc<AdminState>, pages: Pages) -> io::Result<()> {
     std::thread::Builder::new()
         .name("leftpad-admin".into())
         .spawn(move || {
@@ -96,7 +106,7 @@ pub fn start(listener: TcpListener, state: Arc<AdminState>) -> io::Result<()> {
                 let spawned = std::thread::Builder::new()
                     .name("leftpad-admin-client".into())
                     .spawn(move || {
-                        serve_client(stream, &state);
+                        serve_client(stream, &state, pages);
                         state.clients.fetch_sub(1, Ordering::Relaxed);
                     });
                 if spawned.is_err() {
@@ -148,7 +158,7 @@ fn write_page(stream: &mut TcpStream, head_only: bool, page: Page) -> io::Result
     stream.write_all(&out)
 }
 
-fn serve_client(mut stream: TcpStream, state: &AdminState) {
+fn serve_client(mut stream: TcpStream, state: &AdminState, pages: Pages) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let limits = Limits {
         max_head_size: 8192,
@@ -169,7 +179,9 @@ fn serve_client(mut stream: TcpStream, state: &AdminState) {
             }
             // Go's symbol look-up posts its addresses: the one request with a body.
             Parsed::Complete { request, head_len }
-                if request.path == b"/debug/pprof/symbol" && buf.starts_with(b"POST ") =>
+                if pages == Pages::All
+                    && request.path == b"/debug/pprof/symbol"
+                    && buf.starts_with(b"POST ") =>
             {
                 let Some(body) = read_body(&mut stream, &buf[head_len..len], request.body_len)
                 else {
@@ -178,7 +190,14 @@ fn serve_client(mut stream: TcpStream, state: &AdminState) {
                 break (false, symbol_page(&String::from_utf8_lossy(&body)));
             }
             Parsed::Complete { request, .. } => {
-                break (request.method == Method::Head, route(&request, state));
+                let page = match (pages, request.path) {
+                    (Pages::MetricsOnly, b"/metrics") | (Pages::All, _) => route(&request, state),
+                    (Pages::MetricsOnly, _) => Page::error(
+                        Status::NOT_FOUND,
+                        "not found: this listener serves /metrics",
+                    ),
+                };
+                break (request.method == Method::Head, page);
             }
         }
     };
@@ -219,6 +238,22 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
         b"/debug/pprof/symbol" => symbol_page(request.query),
         b"/debug/pprof/profile" => cpu_page(request.query, state, cpu::Format::Pprof),
         b"/debug/pprof/flamegraph" => cpu_page(request.query, state, cpu::Format::Flamegraph),
+        b"/metrics" => Page {
+            status: Status::OK,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            extra_headers: b"",
+            body: prometheus::render(&prometheus::Scrape {
+                workers: &state.workers,
+                logs: &state.logs,
+                drivers: &state.drivers,
+                process: prometheus::Process::read(),
+                other_heap: (
+                    OTHER_ALLOCATIONS.load(Ordering::Relaxed),
+                    OTHER_ALLOCATED_BYTES.load(Ordering::Relaxed),
+                ),
+            })
+            .into_bytes(),
+        },
         b"/debug/vars" => Page {
             status: Status::OK,
             content_type: crate::http::response::JSON,
@@ -255,6 +290,7 @@ writers' writes, refused StatsD sends); <code>?seconds=N</code> for a window</li
 <li><a href=\"/debug/pprof/cmdline\">cmdline</a>: the command line, NUL-separated</li>
 <li><a href=\"/debug/pprof/symbol\">symbol</a>: Go's symbol look-up (POST <code>0xADDR+0xADDR</code>)</li>
 <li><a href=\"/debug/vars\">/debug/vars</a>: counters per worker and in total (JSON)</li>
+<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics (also alone on <code>--metrics ADDR</code>)</li>
 </ul>
 <p>One CPU profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>
 </body></html>

@@ -119,6 +119,12 @@ pub struct Config {
     #[arg(long, env = "LEFTPAD_ADMIN", default_value = "127.0.0.1:6060", value_parser = crate::admin::parse_flag)]
     pub admin: ::std::option::Option<SocketAddr>,
 
+    /// Serve Prometheus /metrics alone on this address (HOST:PORT), for a scraper on
+    /// another host while the admin listener stays on loopback; `off` for none (/metrics
+    /// is on the admin listener too).
+    #[arg(long, env = "LEFTPAD_METRICS", default_value = "off", value_parser = parse_metrics_flag)]
+    pub metrics: ::std::option::Option<SocketAddr>,
+
     /// Heap profiling: sample on average one allocation per this many bytes allocated
     /// (Go's MemProfileRate), for /debug/pprof/heap and /allocs; 0 turns it off.
     #[arg(long, env = "LEFTPAD_HEAP_PROFILE_RATE", default_value_t = crate::profile::heap::DEFAULT_RATE)]
@@ -232,6 +238,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `--metrics`: an address, or `off`.
+fn parse_metrics_flag(text: &str) -> Result<Option<SocketAddr>, String> {
+    crate::admin::parse_flag(text).map_err(|_| {
+        format!("cannot use '{text}': expected HOST:PORT such as 0.0.0.0:9090, or off")
+    })
 }
 
 #[cfg(test)]

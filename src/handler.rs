@@ -19,10 +19,42 @@ const NOT_FOUND: &str =
 /// What the handler did, beyond the status, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Handled {
-    /// The request went to `/v1/leftpad` (whatever its answer).
-    pub leftpad: bool,
+    /// Where the request went (whatever its answer).
+    pub route: Route,
     /// For a padded answer: the length of `str` in characters.
     pub str_chars: Option<u32>,
+}
+
+/// The routes, as metrics label them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Route {
+    /// Answered by the HTTP core before routing (a malformed request, a timeout, a
+    /// refused connection).
+    #[default]
+    Unrouted,
+    Leftpad,
+    Healthz,
+    /// Any other path (a 404).
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 4] = [
+        Route::Unrouted,
+        Route::Leftpad,
+        Route::Healthz,
+        Route::Other,
+    ];
+
+    /// The value of a `route` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Unrouted => "unrouted",
+            Route::Leftpad => "leftpad",
+            Route::Healthz => "healthz",
+            Route::Other => "other",
+        }
+    }
 }
 
 /// The application: one per worker.
@@ -55,10 +87,12 @@ impl App {
             b"/healthz" => Route::Healthz,
             _ => {
                 res.error(Status::NOT_FOUND, NOT_FOUND, b"");
-                return Handled::default();
+                return Handled {
+                    route: Route::Other,
+                    str_chars: None,
+                };
             }
         };
-        let leftpad = route == Route::Leftpad;
         if req.method == Method::Other {
             res.error(
                 Status::METHOD_NOT_ALLOWED,
@@ -66,22 +100,20 @@ impl App {
                 ALLOW,
             );
             return Handled {
-                leftpad,
+                route,
                 str_chars: None,
             };
         }
-        match route {
-            Route::Leftpad => Handled {
-                leftpad,
-                str_chars: self.leftpad(req.query, res),
-            },
-            Route::Healthz => {
+        let str_chars = match route {
+            Route::Leftpad => self.leftpad(req.query, res),
+            _ => {
                 res.send(Status::OK, TEXT, b"", 3, |out| {
                     out.extend_from_slice(b"ok\n")
                 });
-                Handled::default()
+                None
             }
-        }
+        };
+        Handled { route, str_chars }
     }
 
     /// Answers a leftpad query; returns the length of `str` in characters when it padded.
@@ -114,12 +146,6 @@ impl App {
             }
         }
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Leftpad,
-    Healthz,
 }
 
 #[cfg(test)]

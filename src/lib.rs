@@ -20,6 +20,7 @@ pub mod http;
 pub mod json;
 pub mod leftpad;
 pub mod profile;
+pub mod prometheus;
 pub mod query;
 pub mod runtime;
 pub mod server;

@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accesslog::{LogStats, Writer};
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Pages};
 use crate::config::Config;
 use crate::profile::goroutine::Mailbox;
 use crate::runtime::DriverReport;
@@ -58,17 +58,15 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         None => None,
     };
 
-    // Bound before the workers start, so a taken admin port stops everything cleanly.
-    let admin_listener = match config.admin {
-        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
-            if e.kind() == io::ErrorKind::AddrInUse {
-                format!("cannot listen on --admin {addr}: the address is already in use; choose another --admin or --admin off")
-            } else {
-                format!("cannot listen on --admin {addr}: {e}")
-            }
-        })?),
-        None => None,
-    };
+    // Bound before the workers start, so a taken port stops everything cleanly.
+    let admin_listener = config
+        .admin
+        .map(|addr| bind_plain(addr, "--admin"))
+        .transpose()?;
+    let metrics_listener = config
+        .metrics
+        .map(|addr| bind_plain(addr, "--metrics"))
+        .transpose()?;
 
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
@@ -147,22 +145,32 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         }
     }
     let worker_totals = worker_stats.clone();
-    let admin_addr = match admin_listener {
-        Some(listener) => {
-            let addr = listener.local_addr().ok();
-            let names = drivers.iter().map(ToString::to_string).collect();
-            let state = Arc::new(
-                AdminState::new(worker_stats, log_stats, names).with_connections(mailboxes),
-            );
-            admin::start(listener, state)
+    let names = drivers.iter().map(ToString::to_string).collect();
+    let state =
+        Arc::new(AdminState::new(worker_stats, log_stats, names).with_connections(mailboxes));
+    let mut addrs = [None, None];
+    for (slot, listener, pages) in [
+        (0, admin_listener, Pages::All),
+        (1, metrics_listener, Pages::MetricsOnly),
+    ] {
+        if let Some(listener) = listener {
+            addrs[slot] = listener.local_addr().ok();
+            admin::start(listener, state.clone(), pages)
                 .map_err(|e| format!("cannot start the admin thread: {e}"))?;
-            addr
         }
-        None => None,
-    };
+    }
+    let [admin_addr, metrics_addr] = addrs;
     eprintln!(
         "{}",
-        summary(&config, local, workers, &pinned, &drivers, admin_addr)
+        summary(
+            &config,
+            local,
+            workers,
+            &pinned,
+            &drivers,
+            admin_addr,
+            metrics_addr
+        )
     );
 
     std::thread::Builder::new()
@@ -243,6 +251,17 @@ fn wait_for_exit(
 }
 
 /// The one startup line: address, workers, driver.
+/// Binds a plain (blocking) listener for `--admin` or `--metrics`.
+fn bind_plain(addr: SocketAddr, flag: &str) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            format!("cannot listen on {flag} {addr}: the address is already in use; choose another {flag} or {flag} off")
+        } else {
+            format!("cannot listen on {flag} {addr}: {e}")
+        }
+    })
+}
+
 fn summary(
     config: &Config,
     local: SocketAddr,
@@ -250,6 +269,7 @@ fn summary(
     cpus: &[usize],
     drivers: &[DriverReport],
     admin: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 ) -> String {
     let cpus = if cpus.is_empty() {
         "unpinned".to_owned()
@@ -278,10 +298,13 @@ fn summary(
         ),
         None => "statsd off".to_owned(),
     };
-    let admin = match admin {
+    let mut admin = match admin {
         Some(addr) => format!("admin http://{addr}/debug/pprof/"),
         None => "admin off".to_owned(),
     };
+    if let Some(addr) = metrics {
+        admin.push_str(&format!(", metrics http://{addr}/metrics"));
+    }
     format!(
         "leftpad {}: listening on http://{local}, {workers} worker(s) {cpus}, driver {driver}, \
          {log}, {statsd}, {admin}, max-len {}, max-connections {}",

@@ -14,6 +14,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::handler::Route;
 use crate::profile::heap;
 
 /// A counter with a single writer: `add` is a plain load and store, not a locked
@@ -64,6 +65,44 @@ pub struct WorkerStats {
     pub statsd_packets: Counter,
     pub statsd_send_errors: Counter,
     pub allocations: AllocCounters,
+    /// Answers by route ([`Route::ALL`] order) and status ([`CODES`] order).
+    pub answers: [[Counter; CODES.len()]; Route::ALL.len()],
+    /// Handling time of every answer.
+    pub duration: Histogram,
+}
+
+/// The status codes this server answers with, each counted on its own.
+pub const CODES: [u16; 13] = [
+    200, 400, 404, 405, 408, 409, 413, 414, 431, 500, 501, 503, 505,
+];
+
+/// Upper bounds of the request-duration histogram's buckets, in microseconds: from the
+/// few microseconds a request takes here to the seconds a stalled one could.
+pub const BUCKETS_MICROS: [u64; 16] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000,
+    10_000_000,
+];
+
+/// A latency histogram with a single writer: per-bucket counts (not cumulative; the
+/// scrape adds them up) and the sum.
+#[derive(Default, Debug)]
+pub struct Histogram {
+    /// One count per bucket of [`BUCKETS_MICROS`], then the overflow (`+Inf`).
+    pub counts: [Counter; BUCKETS_MICROS.len() + 1],
+    pub sum_micros: Counter,
+}
+
+impl Histogram {
+    #[inline]
+    pub fn observe(&self, micros: u64) {
+        // Most requests take a few microseconds: the scan stops in the first buckets.
+        let bucket = BUCKETS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(BUCKETS_MICROS.len());
+        self.counts[bucket].add(1);
+        self.sum_micros.add(micros);
+    }
 }
 
 impl WorkerStats {
@@ -71,6 +110,14 @@ impl WorkerStats {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].add(1);
+    }
+
+    /// Counts one answer for `/metrics`: by route and code, and its handling time.
+    #[inline]
+    pub fn answered(&self, route: Route, status: u16, micros: u64) {
+        let code = CODES.iter().position(|&c| c == status).unwrap_or(9); // 500
+        self.answers[route as usize][code].add(1);
+        self.duration.observe(micros);
     }
 }
 
@@ -166,6 +213,26 @@ mod tests {
         assert_eq!(classes, [1, 2, 0, 1, 2]);
         assert_eq!(stats.requests.get(), 3);
         assert_eq!(std::mem::align_of::<WorkerStats>(), 128);
+    }
+
+    #[test]
+    fn answers_are_counted_by_route_code_and_bucket() {
+        let stats = WorkerStats::default();
+        stats.answered(Route::Leftpad, 200, 3);
+        stats.answered(Route::Leftpad, 200, 10);
+        stats.answered(Route::Other, 404, 11);
+        stats.answered(Route::Unrouted, 999, 20_000_000);
+        assert_eq!(stats.answers[Route::Leftpad as usize][0].get(), 2);
+        assert_eq!(stats.answers[Route::Other as usize][2].get(), 1);
+        assert_eq!(
+            stats.answers[Route::Unrouted as usize][9].get(),
+            1,
+            "unknown: 500"
+        );
+        let counts: Vec<u64> = stats.duration.counts.iter().map(Counter::get).collect();
+        assert_eq!(&counts[..3], [1, 1, 1], "<=5, <=10, <=25 µs");
+        assert_eq!(counts[BUCKETS_MICROS.len()], 1, "+Inf");
+        assert_eq!(stats.duration.sum_micros.get(), 20_000_024);
     }
 
     #[test]

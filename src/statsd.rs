@@ -21,7 +21,7 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 
-use crate::handler::Handled;
+use crate::handler::{Handled, Route};
 use crate::http::Status;
 
 /// StatsD settings, from the command line.
@@ -143,7 +143,7 @@ impl Metrics {
         micros: u64,
         send: &mut impl FnMut(&[u8]) -> bool,
     ) {
-        if handled.leftpad {
+        if handled.route == Route::Leftpad {
             if self.keep() {
                 let at = self.start_line(Head::Timing);
                 write_millis(&mut self.packet, micros);
@@ -277,7 +277,12 @@ mod tests {
     type Answer = (Status, Handled);
 
     fn record(status: u16, leftpad: bool, str_chars: Option<u32>) -> Answer {
-        (Status(status), Handled { leftpad, str_chars })
+        let route = if leftpad {
+            Route::Leftpad
+        } else {
+            Route::Other
+        };
+        (Status(status), Handled { route, str_chars })
     }
 
     /// Records `records` and flushes; returns the packets sent.

@@ -55,6 +55,8 @@ impl Telemetry {
         self.stats.requests.add(self.records.len() as u64);
         for record in &self.records {
             self.stats.response(record.status.0);
+            self.stats
+                .answered(record.outcome.route, record.status.0, micros);
             if let Some(log) = &mut self.log {
                 let line = Line {
                     target: record.target.get(input),

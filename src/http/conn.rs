@@ -220,7 +220,7 @@ impl Conn {
 mod tests {
     use super::*;
     // The real application drives the state machine in these tests.
-    use crate::handler::{App, Handled};
+    use crate::handler::{App, Handled, Route};
 
     const LIMITS: Limits = Limits {
         max_head_size: 1024,
@@ -330,7 +330,7 @@ mod tests {
             })
             .collect();
         let leftpad = |str_chars| Handled {
-            leftpad: true,
+            route: Route::Leftpad,
             str_chars,
         };
         assert_eq!(
@@ -342,7 +342,15 @@ mod tests {
                     200,
                     leftpad(Some(2))
                 ),
-                (b"/nope", b"curl/8", 404, Handled::default()),
+                (
+                    b"/nope",
+                    b"curl/8",
+                    404,
+                    Handled {
+                        route: Route::Other,
+                        str_chars: None
+                    }
+                ),
                 (b"/v1/leftpad?len=q", b"", 400, leftpad(None)),
                 (b"", b"", 400, Handled::default()),
             ]

@@ -121,6 +121,7 @@ fn pure_functions(c: &mut Criterion) {
         prefix: "leftpad".into(),
         sample_rate: 1.0,
         max_packet: 1432,
+        aggregate: true,
     };
     let mut metrics = Metrics::new(&settings, 1);
     let handled = Handled {
@@ -174,6 +175,7 @@ fn whole_request(c: &mut Criterion) {
         prefix: "leftpad".into(),
         sample_rate: 0.5,
         max_packet: 1432,
+        aggregate: true,
     };
     let dropped: PacketSender = Box::new(|packet| !black_box(packet).is_empty());
     let mut telemetry = Telemetry::new(

@@ -63,7 +63,10 @@ def dump(*_):
     sys.exit(0)
 signal.signal(signal.SIGTERM, dump)
 while True:
-    count += s.recv(65536).count(b"leftpad.request.leftpad.count:")
+    # Per-event lines say `count:1|c`, aggregated ones `count:1234|c`: sum the values.
+    for line in s.recv(65536).split(b"\n"):
+        if line.startswith(b"leftpad.request.leftpad.count:"):
+            count += int(line.split(b":")[1].split(b"|")[0])
 PY
 statsd_pid=$!
 pids+=("$statsd_pid")

@@ -114,6 +114,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub statsd_flush_ms: u64,
 
+    /// Client-side aggregation: counters summed per flush and sent once (exact whatever
+    /// the sample rate), sampled values packed into multi-value lines; `off` sends one
+    /// line per event, as the original service did.
+    #[arg(long, env = "LEFTPAD_STATSD_AGGREGATE", value_enum, default_value_t = OnOff::On)]
+    pub statsd_aggregate: OnOff,
+
     /// Admin listener for /debug/pprof/ profiles and /debug/vars (HOST:PORT), or `off`.
     /// Keep it on loopback: profiles are not for the public.
     #[arg(long, env = "LEFTPAD_ADMIN", default_value = "127.0.0.1:6060", value_parser = crate::admin::parse_flag)]
@@ -158,6 +164,7 @@ impl Config {
     /// The StatsD settings, or `None` when StatsD is off.
     pub fn statsd(&self) -> Option<statsd::Settings> {
         self.statsd.map(|addr| statsd::Settings {
+            aggregate: self.statsd_aggregate == OnOff::On,
             addr,
             prefix: self.statsd_prefix.clone(),
             sample_rate: self.statsd_sample_rate,
@@ -238,6 +245,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// `--metrics`: an address, or `off`.

@@ -135,7 +135,15 @@ fn json_number(json: &str, path: &[&str]) -> u64 {
 
 #[test]
 fn vars_count_what_happens() {
-    let server = Server::start(&["--workers", "2", "--statsd-sample-rate", "1"]);
+    // Per-event StatsD lines, so the line count follows the requests exactly.
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--statsd-sample-rate",
+        "1",
+        "--statsd-aggregate",
+        "off",
+    ]);
     let admin = server.admin.unwrap();
     let before = admin_get(admin, "/debug/vars");
     assert_eq!(

@@ -284,6 +284,8 @@ fn count_prefix(lines: &[&str], prefix: &str) -> usize {
 fn statsd_at_rate_1_counts_exactly() {
     let statsd = Capture::start();
     let mut server = Server::start(&[
+        "--statsd-aggregate",
+        "off",
         "--workers",
         "2",
         "--statsd",
@@ -329,6 +331,8 @@ fn statsd_at_rate_1_counts_exactly() {
 fn statsd_sampling_batching_and_packet_bound() {
     let statsd = Capture::start();
     let mut server = Server::start(&[
+        "--statsd-aggregate",
+        "off",
         "--statsd",
         &statsd.addr,
         "--statsd-max-packet",
@@ -519,23 +523,16 @@ fn timer_values(text: &str, name: &str) -> usize {
     shown + more
 }
 
-#[test]
-fn the_real_statsd_daemon_counts_every_request() {
+/// The Etsy daemon's counters and timers after `n` leftpad requests to a server with
+/// `args` (two workers; SIGTERM flushes everything before the figures are read).
+fn through_the_daemon(args: &[&str], n: usize) -> (String, String) {
     let daemon = StatsdDaemon::start();
     let target = format!("127.0.0.1:{}", daemon.udp_port);
-    let mut server = Server::start(&[
-        "--workers",
-        "2",
-        "--statsd",
-        &target,
-        "--statsd-sample-rate",
-        "1",
-        "--access-log",
-        "off",
-    ]);
-    const N: usize = 500;
+    let mut all = vec!["--workers", "2", "--statsd", &target, "--access-log", "off"];
+    all.extend_from_slice(args);
+    let mut server = Server::start(&all);
     let mut s = server.connect();
-    for i in 0..N {
+    for i in 0..n {
         s.write_all(&get(&format!("/v1/leftpad/?str={i}&len=8")))
             .unwrap();
         assert_eq!(read_response(&mut s, false).unwrap().status, 200);
@@ -549,25 +546,96 @@ fn the_real_statsd_daemon_counts_every_request() {
     let counters = loop {
         let counters = daemon.admin("counters");
         let count = inspected_number(&counters, "leftpad.request.leftpad.count");
-        if count == Some(N as f64) || start.elapsed() > Duration::from_secs(3) {
+        if count == Some(n as f64) || start.elapsed() > Duration::from_secs(3) {
             break counters;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(
-        inspected_number(&counters, "leftpad.request.leftpad.count"),
-        Some(N as f64),
-        "{counters}"
-    );
-    assert_eq!(
         inspected_number(&counters, "statsd.bad_lines_seen"),
         Some(0.0),
         "{counters}"
     );
-    let timers = daemon.admin("timers");
+    (counters, daemon.admin("timers"))
+}
+
+#[test]
+fn the_real_statsd_daemon_counts_every_request() {
+    // Both modes are exact at rate 1.
+    const N: usize = 500;
+    for mode in ["off", "on"] {
+        let args = ["--statsd-sample-rate", "1", "--statsd-aggregate", mode];
+        let (counters, timers) = through_the_daemon(&args, N);
+        assert_eq!(
+            inspected_number(&counters, "leftpad.request.leftpad.count"),
+            Some(N as f64),
+            "aggregate {mode}: {counters}"
+        );
+        assert_eq!(
+            timer_values(&timers, "leftpad.request.leftpad.timing"),
+            N,
+            "aggregate {mode}: {timers}"
+        );
+    }
+}
+
+#[test]
+fn aggregated_counters_are_exact_at_any_sample_rate() {
+    const N: usize = 1000;
+    let (counters, timers) = through_the_daemon(&["--statsd-sample-rate", "0.5"], N);
     assert_eq!(
-        timer_values(&timers, "leftpad.request.leftpad.timing"),
-        N,
-        "{timers}"
+        inspected_number(&counters, "leftpad.request.leftpad.count"),
+        Some(N as f64),
+        "counters are summed, never sampled: {counters}"
     );
+    // Timer values are sampled: Binomial(1000, 0.5), mean 500, sd 15.8; allow 5 sd.
+    let kept = timer_values(&timers, "leftpad.request.leftpad.timing");
+    assert!(
+        (421..=579).contains(&kept),
+        "{kept} timer values of {N}: {timers}"
+    );
+}
+
+#[test]
+fn aggregated_packets_stay_in_bounds_and_counters_go_once_per_flush() {
+    let statsd = Capture::start();
+    // One worker and a flush interval longer than the test: the counters go out once,
+    // at the shutdown flush; values that fill a line go out as they do.
+    let mut server = Server::start(&[
+        "--statsd",
+        &statsd.addr,
+        "--statsd-max-packet",
+        "256",
+        "--statsd-flush-ms",
+        "600000",
+        "--access-log",
+        "off",
+    ]);
+    const N: usize = 2000;
+    pipelined(&server, "/v1/leftpad/?str=abcd&len=8", N, 200);
+    pipelined(&server, "/missing", 30, 404);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    let packets = statsd.finish();
+    assert!(
+        packets.iter().all(|p| p.len() <= 256 && !p.ends_with('\n')),
+        "{packets:?}"
+    );
+    let lines = lines_of(&packets);
+    let count_lines: Vec<&&str> = lines.iter().filter(|l| l.contains(".count:")).collect();
+    assert_eq!(count_lines, [&"leftpad.request.leftpad.count:2000|c"]);
+    let status_lines: Vec<&&str> = lines.iter().filter(|l| l.contains(".status.")).collect();
+    assert_eq!(status_lines, [&"leftpad.response.status.404:30|c"]);
+    // Values are packed, many to a line, each with the rate.
+    let timing_lines: Vec<&&str> = lines.iter().filter(|l| l.contains(".timing:")).collect();
+    let values: usize = timing_lines
+        .iter()
+        .map(|l| l.matches("|ms|@0.5").count())
+        .sum();
+    assert!(
+        values as f64 / timing_lines.len() as f64 > 5.0,
+        "packed: {timing_lines:?}"
+    );
+    // Binomial(2000, 0.5): mean 1000, sd 22.4; allow 5 sd.
+    assert!((888..=1112).contains(&values), "{values}");
 }

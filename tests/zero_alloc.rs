@@ -125,9 +125,20 @@ impl RequestPath {
 }
 
 #[test]
-fn steady_state_request_path_does_not_allocate() {
-    let log_path =
-        std::env::temp_dir().join(format!("leftpad-zero-alloc-{}.log", std::process::id()));
+fn steady_state_request_path_does_not_allocate_with_statsd_aggregation() {
+    request_path_does_not_allocate(true);
+}
+
+#[test]
+fn steady_state_request_path_does_not_allocate_with_per_event_statsd() {
+    request_path_does_not_allocate(false);
+}
+
+fn request_path_does_not_allocate(aggregate: bool) {
+    let log_path = std::env::temp_dir().join(format!(
+        "leftpad-zero-alloc-{}-{aggregate}.log",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&log_path);
     let target = Target::File(log_path.clone());
     let log_stats = Arc::new(LogStats::default());
@@ -154,6 +165,7 @@ fn steady_state_request_path_does_not_allocate() {
         prefix: "leftpad".into(),
         sample_rate: 0.5,
         max_packet: 1432,
+        aggregate,
     };
     let metrics = Metrics::new(&settings, 42);
     let client = Client::connect(settings.addr).unwrap();
@@ -203,6 +215,8 @@ fn steady_state_request_path_does_not_allocate() {
             for _ in 0..CHUNK {
                 round(&mut path, &mut conn);
             }
+            // A StatsD flush interval ends: aggregated counters and lines go out too.
+            path.telemetry.tick(Instant::now(), false, true);
         });
         let log = path.telemetry.log.as_mut().unwrap();
         log.ship_all();

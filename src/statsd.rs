@@ -326,13 +326,7 @@ impl Metrics {
             self.line.clear();
             self.line.extend_from_slice(line);
             line.truncate(name_len);
-            Self::push_line(
-                &mut self.packet,
-                &self.line,
-                self.max_packet,
-                &mut self.stats,
-                send,
-            );
+            self.push_own_line(send);
         }
         let Some(aggregate) = &mut self.aggregate else {
             return;
@@ -361,6 +355,17 @@ impl Metrics {
         }
         packet.extend_from_slice(line);
         stats.lines += 1;
+    }
+
+    /// [`Metrics::push_line`] of the line built in `self.line`.
+    fn push_own_line(&mut self, send: &mut impl FnMut(&[u8]) -> bool) {
+        Self::push_line(
+            &mut self.packet,
+            &self.line,
+            self.max_packet,
+            &mut self.stats,
+            send,
+        );
     }
 
     fn send_packet(

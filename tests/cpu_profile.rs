@@ -360,3 +360,64 @@ fn total_samples_units() {
     assert_eq!(total_samples("Total samples = 950ms ( 31.6%)"), 0.95);
     assert_eq!(total_samples("Total samples = 1.5mins (100%)"), 90.0);
 }
+
+/// (title, fill) of every frame of an inferno flame graph.
+fn flame_frames(svg: &str) -> Vec<(String, (u8, u8, u8))> {
+    svg.split("<g>")
+        .skip(1)
+        .filter_map(|g| {
+            let title = g.split("<title>").nth(1)?.split("</title>").next()?;
+            let fill = g.split("fill=\"rgb(").nth(1)?.split(')').next()?;
+            let rgb: Vec<u8> = fill
+                .split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect();
+            Some((
+                title.to_owned(),
+                (*rgb.first()?, *rgb.get(1)?, *rgb.get(2)?),
+            ))
+        })
+        .collect()
+}
+
+/// The flame graph draws the same stacks, kernel frames in orange (inferno's palette:
+/// blue 0), Rust frames yellow and other user code red (both with blue).
+#[test]
+fn the_flame_graph_marks_kernel_frames() {
+    if emulated() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: kernel frames need root and a real kernel");
+        return;
+    }
+    let server = Server::start(&["--access-log", "off", "--statsd", "off"]);
+    let (stop, loader) = load(&server);
+    let svg = admin_get(
+        server.admin.unwrap(),
+        "/debug/pprof/flamegraph?seconds=2&kernel=on",
+    );
+    stop.store(true, Ordering::Relaxed);
+    loader.join().unwrap();
+    assert_eq!(svg.status, 200);
+    let frames = flame_frames(&svg.text());
+    let kernel: Vec<_> = frames
+        .iter()
+        .filter(|(title, _)| {
+            ["do_syscall_64", "io_submit_sqes", "tcp_sendmsg"]
+                .iter()
+                .any(|k| title.starts_with(k))
+        })
+        .collect();
+    assert!(!kernel.is_empty(), "no kernel frame in the flame graph");
+    assert!(
+        kernel.iter().all(|(_, (_, _, blue))| *blue == 0),
+        "kernel frames orange: {kernel:?}"
+    );
+    let ours: Vec<_> = frames
+        .iter()
+        .filter(|(title, _)| title.starts_with("leftpad::"))
+        .collect();
+    assert!(!ours.is_empty());
+    assert!(
+        ours.iter().all(|(_, (_, _, blue))| *blue >= 40),
+        "Rust frames yellow: {ours:?}"
+    );
+}

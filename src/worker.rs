@@ -550,6 +550,10 @@ async fn connection_loop(
             Waiting::Done => return End::Close,
             Waiting::Idle if worker.draining.get() && fresh => now + DRAIN_FIRST_READ,
             Waiting::Idle if worker.draining.get() => return End::Close,
+            // A new connection owes its first request head within the header timeout,
+            // as nginx's `client_header_timeout` and Go's `ReadHeaderTimeout` have it:
+            // silence is not idleness, and it is closed without an answer.
+            Waiting::Idle if fresh => *head_deadline.get_or_insert(now + config.header_timeout),
             Waiting::Idle | Waiting::Body => {
                 head_deadline = None;
                 now + config.idle_timeout

@@ -228,9 +228,43 @@ fn idle_timeout_closes_idle_keep_alive_connections() {
         "{:?}",
         start.elapsed()
     );
-    // A connection that never sends a byte is idle too.
-    let mut silent = server.connect();
-    assert!(is_closed(&mut silent, Duration::from_secs(3)));
+}
+
+/// A fresh connection that sends nothing is held for the header timeout, not the idle
+/// timeout (nginx's `client_header_timeout`, Go's `ReadHeaderTimeout`), and closed
+/// without an answer.
+#[test]
+fn a_silent_connection_is_closed_after_the_header_timeout() {
+    for driver in common::drivers() {
+        let server = Server::start(&[
+            "--driver",
+            &driver,
+            "--header-timeout",
+            "500ms",
+            "--idle-timeout",
+            "60s",
+        ]);
+        let mut silent = server.connect();
+        let start = Instant::now();
+        let mut byte = [0u8; 1];
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let read = std::io::Read::read(&mut silent, &mut byte);
+        let elapsed = start.elapsed();
+        assert!(matches!(read, Ok(0)), "closed without an answer: {read:?}");
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(3),
+            "{driver}: {elapsed:?}"
+        );
+        // Once a request was answered, the idle timeout applies between requests.
+        let (response, mut kept) = exchange(&server, &get("/healthz"));
+        assert_eq!(response.status, 200);
+        assert!(
+            !is_closed(&mut kept, Duration::from_millis(1500)),
+            "{driver}"
+        );
+    }
 }
 
 #[test]

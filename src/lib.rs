@@ -15,6 +15,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod config;
+pub mod cpus;
 pub mod handler;
 pub mod http;
 pub mod json;

@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::accesslog::{LogStats, Writer};
 use crate::admin::{self, AdminState, Pages};
 use crate::config::Config;
+use crate::cpus::{self, Budget};
 use crate::profile::goroutine::Mailbox;
 use crate::runtime::DriverReport;
 use crate::stats::WorkerStats;
@@ -42,7 +43,14 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
     crate::profile::heap::set_rate(config.heap_profile_rate);
     raise_fd_limit();
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    let workers = config.workers.map_or(cpus.len().max(1), usize::from);
+    let budget = match config.workers {
+        Some(n) => Budget {
+            workers: usize::from(n),
+            source: "--workers".into(),
+        },
+        None => cpus::default_workers(cpus.len()),
+    };
+    let workers = budget.workers;
     let listeners = bind_listeners(config.listen, workers)?;
     let local = listeners[0]
         .local_addr()
@@ -165,7 +173,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         summary(
             &config,
             local,
-            workers,
+            &budget,
             &pinned,
             &drivers,
             admin_addr,
@@ -265,7 +273,7 @@ fn bind_plain(addr: SocketAddr, flag: &str) -> Result<std::net::TcpListener, Str
 fn summary(
     config: &Config,
     local: SocketAddr,
-    workers: usize,
+    budget: &Budget,
     cpus: &[usize],
     drivers: &[DriverReport],
     admin: Option<SocketAddr>,
@@ -306,9 +314,11 @@ fn summary(
         admin.push_str(&format!(", metrics http://{addr}/metrics"));
     }
     format!(
-        "leftpad {}: listening on http://{local}, {workers} worker(s) {cpus}, driver {driver}, \
+        "leftpad {}: listening on http://{local}, {} worker(s) ({}) {cpus}, driver {driver}, \
          {log}, {statsd}, {admin}, max-len {}, max-connections {}",
         env!("CARGO_PKG_VERSION"),
+        budget.workers,
+        budget.source,
         config.max_len,
         config.max_connections,
     )

@@ -206,3 +206,56 @@ fn shutdown_timeout_cuts_stuck_connections() {
     );
     assert!(is_closed(&mut stuck, Duration::from_secs(1)));
 }
+
+/// A cgroup v1 `cpu` group of the test's own, removed when dropped.
+struct CpuCgroup(std::path::PathBuf);
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        // Empty once the server has exited; retried briefly while it exits.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// In a container limited to one CPU, the default is one worker (SPEC §9), and the
+/// startup line says why. Runs the binary inside a real cgroup v1 with a 1-CPU quota.
+#[test]
+fn a_cpu_quota_sets_the_default_worker_count() {
+    let root = std::path::Path::new("/sys/fs/cgroup/cpu");
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if !is_root || !root.join("cpu.cfs_quota_us").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root with cgroup v1 cpu mounted"
+        );
+        eprintln!(
+            "skipped: needs root and the cgroup v1 cpu controller at {}",
+            root.display()
+        );
+        return;
+    }
+    let group = CpuCgroup(root.join(format!("leftpad-test-{}", std::process::id())));
+    std::fs::create_dir_all(&group.0).unwrap();
+    std::fs::write(group.0.join("cpu.cfs_period_us"), "100000").unwrap();
+    std::fs::write(group.0.join("cpu.cfs_quota_us"), "100000").unwrap();
+    // The shell joins the group, then becomes the server.
+    let join = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+        group.0.display()
+    );
+    let mut server = Server::start_wrapped(&["sh", "-c", &join], &["--listen", "127.0.0.1:0"]);
+    let line = server.stderr();
+    assert!(
+        line.contains("1 worker(s) (cgroup v1 CPU quota 1.00)"),
+        "the quota decides: {line}"
+    );
+    server.signal(libc::SIGTERM);
+    server.wait(Duration::from_secs(10));
+    drop(group);
+}

@@ -52,11 +52,16 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::start_command(leftpad_command(), args, env)
+        let mut args = args.to_vec();
+        if !args.contains(&"--workers") {
+            args.extend(["--workers", "1"]);
+        }
+        Server::start_command(leftpad_command(), &args, env)
     }
 
     /// Starts the server under `wrapper` (a command that runs its arguments, such as
-    /// `setpriv --reuid=65534 ...`).
+    /// `setpriv --reuid=65534 ...`), with the server's own default worker count unless
+    /// `args` set one.
     pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Server {
         let mut cmd = Command::new(wrapper[0]);
         cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_leftpad"));
@@ -66,9 +71,6 @@ impl Server {
     fn start_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        if !args.contains(&"--workers") {
-            cmd.args(["--workers", "1"]);
         }
         // Tests run in parallel: each server gets its own free admin port.
         if !args.contains(&"--admin") {

@@ -60,6 +60,8 @@ impl Route {
 /// The application: one per worker.
 pub struct App {
     max_len: u64,
+    /// The server is draining: health checks fail so load balancers stop sending.
+    draining: bool,
     scratch: query::Scratch,
     message: String,
 }
@@ -73,9 +75,16 @@ impl Service for App {
 }
 
 impl App {
+    /// From now on `/healthz` answers 503 (the server is shutting down); every other
+    /// request is still answered as usual.
+    pub fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
     pub fn new(max_len: u64) -> App {
         App {
             max_len,
+            draining: false,
             scratch: query::Scratch::default(),
             message: String::new(),
         }
@@ -106,6 +115,12 @@ impl App {
         }
         let str_chars = match route {
             Route::Leftpad => self.leftpad(req.query, res),
+            _ if self.draining => {
+                res.send(Status::SERVICE_UNAVAILABLE, TEXT, b"", 9, |out| {
+                    out.extend_from_slice(b"draining\n")
+                });
+                None
+            }
             _ => {
                 res.send(Status::OK, TEXT, b"", 3, |out| {
                     out.extend_from_slice(b"ok\n")
@@ -250,5 +265,40 @@ mod tests {
             answer("HEAD /v1/leftpad/?len=3 HTTP/1.1\r\nHost: x\r\n\r\n"),
             (200, String::new())
         );
+    }
+
+    #[test]
+    fn health_checks_fail_while_draining_and_the_api_still_answers() {
+        let mut app = App::new(1024);
+        app.set_draining();
+        let limits = crate::http::request::Limits {
+            max_head_size: 1024,
+            max_headers: 16,
+            max_body_size: 0,
+        };
+        let date = b"Sun, 06 Nov 1994 08:49:37 GMT";
+        let mut answer = |raw: &[u8]| {
+            let crate::http::request::Parsed::Complete { request, .. } =
+                crate::http::request::parse(raw, &limits)
+            else {
+                panic!("a complete head");
+            };
+            let mut out = Vec::new();
+            let mut res = Response::new(
+                &mut out,
+                date,
+                false,
+                crate::http::response::Connection::Default,
+            );
+            app.handle(&request, &mut res);
+            String::from_utf8(out).unwrap()
+        };
+        let health = answer(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            health.starts_with("HTTP/1.1 503 ") && health.ends_with("\r\n\r\ndraining\n"),
+            "{health}"
+        );
+        let padded = answer(b"GET /v1/leftpad/?str=a&len=2 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(padded.starts_with("HTTP/1.1 200 "), "{padded}");
     }
 }

@@ -226,6 +226,7 @@ impl Worker {
     /// Stops accepting and closes idle connections; busy ones close after their answer.
     fn begin_drain(&self) {
         self.draining.set(true);
+        self.app.borrow_mut().set_draining();
         // The pending accept is cancelled (not the listener shut down: that would reset
         // the connections waiting in its backlog). On an idle connection, shutdown()
         // makes the pending read return end-of-file (after any bytes already received):

@@ -259,3 +259,29 @@ fn a_cpu_quota_sets_the_default_worker_count() {
     server.wait(Duration::from_secs(10));
     drop(group);
 }
+
+/// From SIGTERM on, a health check on a connection still open answers 503 (load
+/// balancers stop sending), while the API still answers requests on it until the drain
+/// ends (SPEC §9).
+#[test]
+fn health_checks_fail_during_the_drain_while_requests_are_served() {
+    let mut server = Server::start(&["--shutdown-timeout", "5s"]);
+    let mut busy = server.connect();
+    // In the middle of a request when the signal comes: the drain waits for it.
+    busy.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    busy.write_all(
+        b"Host: x\r\n\r\nGET /v1/leftpad/?str=a&len=3&chr=- HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let health = read_response(&mut busy, false).expect("the health check's answer");
+    assert_eq!((health.status, health.text().as_str()), (503, "draining\n"));
+    let api = read_response(&mut busy, false).expect("the request's answer");
+    assert_eq!(
+        (api.status, api.text().as_str()),
+        (200, "{\"str\":\"--a\"}\n")
+    );
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+}

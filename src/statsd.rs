@@ -481,7 +481,15 @@ impl Client {
 
     /// Sends one datagram; false if it was not sent (refused, buffer full, ...).
     pub fn send(&self, packet: &[u8]) -> bool {
-        match self.socket.send(packet) {
+        let sent = match self.socket.send(packet) {
+            // A connected UDP socket reports the ICMP "port unreachable" of an earlier
+            // datagram on the next send, which then fails without sending: after the
+            // StatsD server comes back, that would lose the first datagram (a whole
+            // flush interval's counters). The error is about the past: send again, once.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => self.socket.send(packet),
+            other => other,
+        };
+        match sent {
             Ok(n) => n == packet.len(),
             Err(e) => {
                 // A blocking client would have waited here: show it in the block profile.

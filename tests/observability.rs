@@ -227,7 +227,12 @@ struct Capture {
 
 impl Capture {
     fn start() -> Capture {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Capture::on("127.0.0.1:0")
+    }
+
+    /// A capture on a given address (`127.0.0.1:0` for any free port).
+    fn on(addr: &str) -> Capture {
+        let socket = UdpSocket::bind(addr).unwrap();
         let addr = socket.local_addr().unwrap().to_string();
         socket
             .set_read_timeout(Some(Duration::from_millis(300)))
@@ -369,6 +374,42 @@ fn statsd_sampling_batching_and_packet_bound() {
         let kept = count_prefix(&lines, metric);
         assert!((888..=1112).contains(&kept), "{metric}: {kept} of {N}");
     }
+}
+
+/// The StatsD server is down, then starts: metrics arrive again without a restart
+/// (SPEC §10). Sends to the dead port fail and are counted; the socket stays usable.
+#[test]
+fn statsd_resumes_when_its_server_starts() {
+    let free = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free); // nothing listens there now
+    let mut server = Server::start(&[
+        "--statsd",
+        &addr,
+        "--statsd-sample-rate",
+        "1",
+        "--statsd-flush-ms",
+        "20",
+        "--access-log",
+        "off",
+    ]);
+    pipelined(&server, "/v1/leftpad/?str=a&len=2", 100, 200);
+    std::thread::sleep(Duration::from_millis(300)); // flushed into the void
+    let statsd = Capture::on(&addr);
+    pipelined(&server, "/v1/leftpad/?str=a&len=2", 50, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    let packets = statsd.finish();
+    let counted: u64 = lines_of(&packets)
+        .iter()
+        .filter_map(|l| l.strip_prefix("leftpad.request.leftpad.count:"))
+        .filter_map(|v| v.strip_suffix("|c")?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        counted, 50,
+        "the requests after the server started: {packets:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,115 @@
+//! Faults survived (SPEC §10), each made real: the server's file descriptors run out.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{exchange, get, read_response, Server};
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// user + system CPU seconds of `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Sets `pid`'s open-file limit (soft and hard); returns the previous one.
+fn set_fd_limit(pid: u32, limit: libc::rlimit) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `limit` and writes `old`, both valid for the call.
+    let done = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &limit, &mut old) };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+#[test]
+fn out_of_fds_accept_backs_off_serves_the_open_and_recovers() {
+    for driver in common::drivers() {
+        out_of_fds(&driver);
+    }
+}
+
+fn out_of_fds(driver: &str) {
+    let server = Server::start(&["--driver", driver, "--access-log", "off", "--statsd", "off"]);
+    let pid = server.pid();
+    let mut kept = server.connect();
+    kept.write_all(&get("/healthz")).unwrap();
+    assert_eq!(read_response(&mut kept, false).unwrap().status, 200);
+
+    // No room for another connection: every accept now fails with EMFILE.
+    let used = open_fds(pid);
+    let old = set_fd_limit(
+        pid,
+        libc::rlimit {
+            rlim_cur: used,
+            rlim_max: old_max(pid),
+        },
+    );
+    let waiting: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Backing off, not spinning: a spinning accept loop would burn a whole CPU.
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_seconds(pid) - before;
+    assert!(
+        spent < 0.3,
+        "{spent:.2} CPU seconds in 1 s while out of fds"
+    );
+    assert!(
+        server.stderr().contains("accept failed")
+            && server.stderr().contains("Too many open files"),
+        "reported: {}",
+        server.stderr()
+    );
+
+    // The open connection is still served.
+    kept.write_all(&get("/healthz")).unwrap();
+    assert_eq!(read_response(&mut kept, false).unwrap().status, 200);
+
+    // Room again: the connections waiting in the backlog and new ones are served.
+    set_fd_limit(pid, old);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for mut s in waiting {
+        s.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        s.write_all(&get("/healthz")).unwrap();
+        assert_eq!(
+            read_response(&mut s, false)
+                .expect("served after fds came back")
+                .status,
+            200
+        );
+    }
+    assert_eq!(exchange(&server, &get("/healthz")).0.status, 200);
+}
+
+/// The current hard limit of `pid`, so lowering the soft one keeps it.
+fn old_max(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(libc::RLIM_INFINITY)
+}

@@ -460,6 +460,7 @@ fn write_until_closed(
     warned: &AtomicBool,
 ) {
     let mut is_pipe = is_pipe_like(&file);
+    let mut torn = false;
     let report = |what: &str, e: &io::Error| {
         stats.write_errors.fetch_add(1, Ordering::Relaxed);
         if !warned.swap(true, Ordering::Relaxed) {
@@ -483,13 +484,27 @@ fn write_until_closed(
         };
         match message {
             Message::Lines(mut lines) => {
+                // A line cut by a failed write (disk full) is ended before anything else
+                // is written, so the lines that follow stay whole.
+                if torn && write_lines(&mut file, b"\n", is_pipe).is_ok() {
+                    torn = false;
+                }
                 match write_lines(&mut file, &lines, is_pipe) {
                     Ok(()) => {
                         stats
                             .bytes_written
                             .fetch_add(lines.len() as u64, Ordering::Relaxed);
                     }
-                    Err(e) => report("write failed, lines lost", &e),
+                    Err((written, e)) => {
+                        // Whole lines written stay; the rest (a cut one included) is lost.
+                        let lost = lines[written..].iter().filter(|&&b| b == b'\n').count();
+                        stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                        stats
+                            .bytes_written
+                            .fetch_add(written as u64, Ordering::Relaxed);
+                        torn |= written > 0 && lines[written - 1] != b'\n';
+                        report("write failed, lines lost (counted as dropped)", &e);
+                    }
                 }
                 lines.clear();
                 // Back to the worker; the pool is sized so this never grows.
@@ -516,14 +531,15 @@ fn is_pipe_like(file: &File) -> bool {
 
 /// Writes whole lines: one `O_APPEND` write for a file (atomic against other workers),
 /// writes of at most `PIPE_BUF` bytes ending at a newline for a pipe.
-fn write_lines(file: &mut File, lines: &[u8], is_pipe: bool) -> io::Result<()> {
+/// On failure, says how many bytes were written before it.
+fn write_lines(file: &mut File, lines: &[u8], is_pipe: bool) -> Result<(), (usize, io::Error)> {
     // The writer's one wait: every write shows in the block profile with its length.
     block::timed(|| write_lines_now(file, lines, is_pipe))
 }
 
-fn write_lines_now(file: &mut File, lines: &[u8], is_pipe: bool) -> io::Result<()> {
+fn write_lines_now(file: &mut File, lines: &[u8], is_pipe: bool) -> Result<(), (usize, io::Error)> {
     if !is_pipe {
-        return file.write_all(lines);
+        return write_counted(file, lines, 0);
     }
     let mut rest = lines;
     while !rest.is_empty() {
@@ -539,8 +555,23 @@ fn write_lines_now(file: &mut File, lines: &[u8], is_pipe: bool) -> io::Result<(
                     .map_or(rest.len(), |i| i + 1),
             }
         };
-        file.write_all(&rest[..end])?;
+        write_counted(file, &rest[..end], lines.len() - rest.len())?;
         rest = &rest[end..];
+    }
+    Ok(())
+}
+
+/// `write_all` that says how much of `bytes` was written when it fails (plus `before`,
+/// what the caller had written already).
+fn write_counted(file: &mut File, bytes: &[u8], before: usize) -> Result<(), (usize, io::Error)> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes[written..]) {
+            Ok(0) => return Err((before + written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((before + written, e)),
+        }
     }
     Ok(())
 }

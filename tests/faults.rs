@@ -113,3 +113,133 @@ fn old_max(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(libc::RLIM_INFINITY)
 }
+
+/// A small tmpfs of the test's own, unmounted (and its directory removed) when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = std::env::temp_dir().join(format!("leftpad-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .ok()?
+            .success();
+        mounted.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Fills the disk: writes until there is no space left.
+fn fill(path: &std::path::Path) {
+    let mut filler = std::fs::File::create(path).unwrap();
+    let block = vec![b'x'; 4096];
+    for _ in 0..100_000 {
+        if filler.write_all(&block).is_err() {
+            break;
+        }
+    }
+}
+
+fn vars_number(json: &str, key: &str) -> u64 {
+    let at = json.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
+    json[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The access log's disk fills up: the server keeps answering, the lost lines are counted
+/// as dropped and reported once, and writing resumes by itself when space is freed.
+#[test]
+fn a_full_log_disk_drops_counted_lines_and_recovers() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var("CI").is_err(), "CI runs as root");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let disk = SmallDisk::mount("256k").expect("mount a tmpfs");
+    let log = disk.0.join("access.log");
+    let server = Server::start(&[
+        "--access-log",
+        log.to_str().unwrap(),
+        "--log-buffer",
+        "1024",
+        "--log-flush-ms",
+        "10",
+        "--statsd",
+        "off",
+    ]);
+    let admin = server.admin.unwrap();
+    fill(&disk.0.join("filler"));
+
+    let mut s = server.connect();
+    for i in 0..300 {
+        s.write_all(&get(&format!("/v1/leftpad/?str=full{i}&len=3")))
+            .unwrap();
+        assert_eq!(
+            read_response(&mut s, false).unwrap().status,
+            200,
+            "still answering"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let vars = common::admin_get(admin, "/debug/vars").text();
+    let dropped = vars_number(&vars, "dropped");
+    assert!(
+        dropped > 0 && vars_number(&vars, "write_errors") > 0,
+        "{vars}"
+    );
+    assert_eq!(
+        server.stderr().matches("write failed").count(),
+        1,
+        "reported once: {}",
+        server.stderr()
+    );
+
+    // Space again: the next lines are written, whole.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    for i in 0..50 {
+        s.write_all(&get(&format!("/v1/leftpad/?str=after{i}&len=3")))
+            .unwrap();
+        assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let written = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("str=after").count() == 50 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after: Vec<&str> = written
+        .lines()
+        .filter(|l| l.contains("str=after"))
+        .collect();
+    assert_eq!(after.len(), 50, "writing resumed by itself");
+    assert!(after
+        .iter()
+        .all(|l| l.contains("\turl /v1/leftpad/?str=after") && l.contains("\tstatus 200\t")));
+    // Every answered request is either in the log or counted as dropped.
+    let lines = written
+        .lines()
+        .filter(|l| l.contains("\tstatus 200\t"))
+        .count() as u64;
+    let vars = common::admin_get(admin, "/debug/vars").text();
+    assert!(
+        lines + vars_number(&vars, "dropped") >= 350,
+        "{lines} lines, {vars}"
+    );
+    drop(server);
+}

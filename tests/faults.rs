@@ -243,3 +243,50 @@ fn a_full_log_disk_drops_counted_lines_and_recovers() {
     );
     drop(server);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A client pipelines requests and never reads: the server's memory stays bounded (its
+/// output stops at a 64 KiB high-water mark, TCP flow control holds the rest in the
+/// client's socket) and the connection is dropped after `--write-timeout`.
+#[test]
+fn a_client_that_never_reads_costs_bounded_memory_and_is_dropped() {
+    let server = Server::start(&[
+        "--write-timeout",
+        "1s",
+        "--access-log",
+        "off",
+        "--statsd",
+        "off",
+    ]);
+    let before = rss_kib(server.pid());
+    let mut hog = server.connect();
+    // ~6 KiB per response: 4,000 requests ask for ~24 MiB of answers.
+    let batch = get("/v1/leftpad/?len=1024&chr=%3C").repeat(100);
+    hog.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut peak = before;
+    for _ in 0..40 {
+        if hog.write_all(&batch).is_err() {
+            break;
+        }
+        peak = peak.max(rss_kib(server.pid()));
+    }
+    peak = peak.max(rss_kib(server.pid()));
+    assert!(
+        peak - before < 4096,
+        "RSS grew {} KiB for a client that never reads",
+        peak - before
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        common::is_closed(&mut hog, Duration::from_secs(10)),
+        "dropped after --write-timeout"
+    );
+}

@@ -8,22 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{admin_get, go_pprof, load, load_with, Server};
+use common::{admin_get, cpu_seconds, go_pprof, load, load_with, Server};
 
 /// Under emulation (qemu-user in CI's aarch64 run) neither per-thread CPU clocks nor
 /// perf events behave as on a kernel: the accounting checks are skipped there.
 fn emulated() -> bool {
     std::env::var("LEFTPAD_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
-}
-
-/// user + system CPU time of `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// `Total samples = 2.95s` (or `950ms`, `1.2mins`) from `go tool pprof -top`, in seconds.

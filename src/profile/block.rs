@@ -133,14 +133,7 @@ pub fn encode(
         builder.comment(&format!("{lost} waits not recorded (a table was full)"));
     }
     for counted in samples {
-        let frames: Vec<Frame> = counted
-            .frames
-            .iter()
-            .map(|&address| Frame::Code {
-                address,
-                is_return: true,
-            })
-            .collect();
+        let frames = Frame::walked(&counted.frames, false);
         let values = [counted.values[CONTENTIONS], counted.values[DELAY]];
         builder.add_sample(
             &frames,

@@ -192,7 +192,7 @@ impl Profile {
     ) {
         let period = (1_000_000_000 / HZ) as i64;
         let mut sink = |raw: &RawSample| {
-            let stack = code_frames(&raw.frames[..raw.depth.min(MAX_FRAMES)]);
+            let stack = Frame::walked(&raw.frames[..raw.depth.min(MAX_FRAMES)], true);
             self.add(
                 stack,
                 thread_name(threads, raw.tid),
@@ -332,18 +332,6 @@ fn flame_names(frame: &Frame) -> Vec<String> {
     }
 }
 
-/// A signal sample's frames: the exact PC, then return addresses.
-fn code_frames(addresses: &[u64]) -> Vec<Frame> {
-    addresses
-        .iter()
-        .enumerate()
-        .map(|(i, &address)| Frame::Code {
-            address,
-            is_return: i > 0,
-        })
-        .collect()
-}
-
 /// A perf sample's frames: kernel functions (innermost first), then the user stack
 /// unwound from the copied registers and stack bytes.
 fn perf_stack(
@@ -383,7 +371,7 @@ fn perf_stack(
         };
         let mut addresses = [0u64; MAX_FRAMES];
         let depth = unwinder.unwind(regs, &mut read_stack, &mut addresses);
-        stack.extend(code_frames(&addresses[..depth]));
+        stack.extend(Frame::walked(&addresses[..depth], true));
     }
     stack
 }

@@ -343,14 +343,7 @@ pub fn encode(
             alloc_bytes.saturating_sub(free_bytes),
             rate,
         );
-        let frames: Vec<Frame> = stack
-            .frames
-            .iter()
-            .map(|&address| Frame::Code {
-                address,
-                is_return: true,
-            })
-            .collect();
+        let frames = Frame::walked(&stack.frames, false);
         builder.add_sample(
             &frames,
             &[alloc_objects, alloc_space, inuse_objects, inuse_space],

@@ -27,6 +27,21 @@ pub enum Frame {
     Named { name: String, file: &'static str },
 }
 
+impl Frame {
+    /// The frames of a walked stack, innermost first: return addresses, except the first
+    /// when it is the exact program counter of an interrupted thread (`first_exact`).
+    pub fn walked(addresses: &[u64], first_exact: bool) -> Vec<Frame> {
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(i, &address)| Frame::Code {
+                address,
+                is_return: i > 0 || !first_exact,
+            })
+            .collect()
+    }
+}
+
 /// A profile under construction; see the module documentation.
 pub struct Builder {
     strings: Vec<String>,

@@ -64,7 +64,12 @@ impl Server {
     /// `args` set one.
     pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Server {
         let mut cmd = Command::new(wrapper[0]);
-        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_leftpad"));
+        cmd.args(&wrapper[1..]);
+        // Under emulation the wrapper runs the emulator, which runs the binary.
+        if let Ok(runner) = std::env::var("LEFTPAD_TEST_RUNNER") {
+            cmd.args(runner.split_whitespace());
+        }
+        cmd.arg(env!("CARGO_BIN_EXE_leftpad"));
         Server::start_command(cmd, args, &[])
     }
 

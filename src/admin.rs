@@ -91,8 +91,20 @@ pub fn start(listener: TcpListener, state: Arc<AdminState>, pages: Pages) -> io:
     std::thread::Builder::new()
         .name("leftpad-admin".into())
         .spawn(move || {
+            let mut warned = false;
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        // Out of fds (or memory) with a client waiting: the next accept
+                        // fails at once, so back off instead of spinning on the error.
+                        if !std::mem::replace(&mut warned, true) {
+                            eprintln!("leftpad: admin: accept failed: {e} (retrying; further failures are not reported)");
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
                 if state.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
                     state.clients.fetch_sub(1, Ordering::Relaxed);
                     let _ = answer(

@@ -12,6 +12,24 @@ fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
+/// Each thread of `pid` with its CPU ticks so far (utime + stime), to see who spun.
+fn thread_cpu(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_owned();
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(format!("{name}={ticks}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Sets `pid`'s open-file limit (soft and hard); returns the previous one.
 fn set_fd_limit(pid: u32, limit: libc::rlimit) -> libc::rlimit {
     let mut old = libc::rlimit {
@@ -58,7 +76,8 @@ fn out_of_fds(driver: &str) {
     let spent = cpu_seconds(pid) - before;
     assert!(
         spent < 0.3,
-        "{spent:.2} CPU seconds in 1 s while out of fds"
+        "{driver}: {spent:.2} CPU seconds in 1 s while out of fds; threads: {}",
+        thread_cpu(pid)
     );
     assert!(
         server.stderr().contains("accept failed")

@@ -1,7 +1,7 @@
 # Shared by the load scripts: start one server pinned to a CPU on loopback, wait until it
 # answers, stop it by PID. Source it; it defines start_server and stop_server.
 #
-#   start_server NAME ADDR WORKDIR [EXTRA ARGS...]   # NAME: leftpad, floor or nginx
+#   start_server NAME ADDR WORKDIR [EXTRA ARGS...]   # NAME: leftpad, leftpad-musl, floor or nginx
 #   stop_server
 # After start_server, $server_pid is the server's PID (for /proc/PID/stat).
 
@@ -18,6 +18,13 @@ start_server() {
       taskset -c "$server_cpu" target/release/leftpad --listen "$addr" --workers 1 "$@" \
         >/dev/null 2>"$workdir/server.log" &
       ;;
+    leftpad-musl)
+      # The static build of scripts/image.sh, to compare with the glibc one.
+      local musl=target/x86_64-unknown-linux-musl/release/leftpad
+      [ -x "$musl" ] || cargo build --release --quiet --target x86_64-unknown-linux-musl --bin leftpad
+      taskset -c "$server_cpu" "$musl" --listen "$addr" --workers 1 "$@" \
+        >/dev/null 2>"$workdir/server.log" &
+      ;;
     floor)
       [ -x target/release/examples/floor ] || cargo build --release --quiet --example floor
       taskset -c "$server_cpu" target/release/examples/floor --listen "$addr" --workers 1 "$@" \
@@ -28,7 +35,7 @@ start_server() {
       scripts/nginx-floor.sh "${addr##*:}" "$workdir" >"$workdir/nginx.conf"
       taskset -c "$server_cpu" nginx -c "$workdir/nginx.conf" -p "$workdir" 2>"$workdir/server.log" &
       ;;
-    *) echo "unknown server '$name' (leftpad, floor or nginx)" >&2; return 2 ;;
+    *) echo "unknown server '$name' (leftpad, leftpad-musl, floor or nginx)" >&2; return 2 ;;
   esac
   server_pid=$!
   for _ in $(seq 100); do

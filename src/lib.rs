@@ -3,12 +3,14 @@
 //! The crate is a sans-I/O core and a thin runtime shell around it:
 //!
 //! - core (pure functions of bytes, no sockets or clocks): [`http`] (framing, parsing,
-//!   responses), [`handler`] (routing and the API), [`query`], [`leftpad`], [`json`];
+//!   responses; generic over the service that answers), [`handler`] (routing and the
+//!   API: that service), [`query`], [`leftpad`], [`json`];
 //! - shell: [`worker`] (one pinned monoio runtime per CPU), [`runtime`] (io_uring or
-//!   epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line);
+//!   epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line),
+//!   [`cpus`] (the default worker count, cgroup quota included);
 //! - observability: [`accesslog`], [`statsd`], [`telemetry`] (per worker), [`stats`]
-//!   (counters), [`profile`] (pprof profiles) and [`admin`] (the admin listener that
-//!   serves them and `/debug/vars`, on its own thread).
+//!   (counters), [`prometheus`] (`/metrics`), [`profile`] (pprof profiles) and [`admin`]
+//!   (the admin listener that serves them and `/debug/vars`, on its own thread).
 //!
 //! See ARCHITECTURE.md for the path of a request and the invariants.
 

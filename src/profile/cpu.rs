@@ -4,7 +4,7 @@
 //! system: every thread is sampled every 10 ms of its own CPU time, and every sample is
 //! kept, wherever it landed. Two samplers, chosen by `?kernel=auto|on|off`:
 //!
-//! - [`perf`](super::perf) (`on`, or `auto` where the kernel permits it): the kernel
+//! - [`perf`] (`on`, or `auto` where the kernel permits it): the kernel
 //!   samples each thread and records its kernel call chain and a copy of its user stack,
 //!   so the profile continues below each system call into the kernel's functions;
 //! - [`sampler`](super::sampler) (`off`, or `auto` otherwise): a per-thread CPU-time

@@ -8,7 +8,7 @@
 //! the kernel lands in the libc wrapper or vDSO function that made the call: unwinding
 //! through it with CFI ([`super::unwind`]) puts that time under the exact Rust caller.
 //!
-//! The handler (see [`on_sigprof`] for the full argument) allocates nothing and takes no
+//! The handler (see `on_sigprof` for the full argument) allocates nothing and takes no
 //! lock: it claims a slot of a preallocated buffer with atomics, unwinds into it reading
 //! only validated stack addresses, and marks it full. The profiling thread drains the
 //! buffer while the window runs.

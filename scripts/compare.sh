@@ -80,15 +80,22 @@ python3 - "$results" "${labels[@]}" <<'PY' | tee -a "$outdir/summary.txt"
 import re, statistics, sys
 path, servers = sys.argv[1], sys.argv[2:]
 rows = [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line)) for line in open(path)]
-print(f"{'server':<16}{'pipeline':>9}{'req/s':>12}{'p50 us':>9}{'p99 us':>9}{'CPU us/req':>12}{'ratio':>8}")
+# ratio: of the medians; paired: the median over rounds of each round's own ratio to
+# the first server, which a phase change of the VM in mid-run does not skew.
+print(f"{'server':<22}{'pipeline':>9}{'req/s':>12}{'p50 us':>9}{'p99 us':>9}{'CPU us/req':>12}{'ratio':>8}{'paired':>8}")
 for pipeline in sorted({r['pipeline'] for r in rows}, key=int):
     base = None
+    cpu_of = lambda spec, rnd: [float(r['cpu_us_per_req']) for r in rows
+                                if r['spec'] == spec and r['pipeline'] == pipeline and r['round'] == rnd]
     for spec in servers:
         sel = [r for r in rows if r['spec'] == spec and r['pipeline'] == pipeline]
         med = lambda k: statistics.median(float(r[k]) for r in sel)
         cpu = med('cpu_us_per_req')
         base = base or cpu
+        pairs = [cpu_of(spec, r['round'])[0] / cpu_of(servers[0], r['round'])[0]
+                 for r in sel if cpu_of(servers[0], r['round'])]
+        paired = statistics.median(pairs) if pairs else float('nan')
         # wrk's latency histogram is not meaningful with pipelining (it times batches).
         lat = lambda k: f"{med(k):9.0f}" if pipeline == '1' else f"{'-':>9}"
-        print(f"{spec:<16}{pipeline:>9}{med('rps'):12.0f}{lat('p50_us')}{lat('p99_us')}{cpu:12.3f}{cpu / base:8.2f}")
+        print(f"{spec:<22}{pipeline:>9}{med('rps'):12.0f}{lat('p50_us')}{lat('p99_us')}{cpu:12.3f}{cpu / base:8.2f}{paired:8.3f}")
 PY

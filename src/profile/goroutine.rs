@@ -233,20 +233,25 @@ mod tests {
     fn the_mailbox_hands_a_copy_across_threads() {
         let mailbox = std::sync::Arc::new(Mailbox::default());
         let worker = mailbox.clone();
+        // As the worker's tick does: look every few milliseconds, and answer again if the
+        // admin thread held the lock the first time (`answer` only tries it).
         let answering = std::thread::spawn(move || {
-            for _ in 0..200 {
+            let mut answered = false;
+            for _ in 0..2000 {
                 if worker.wanted() {
                     worker.answer(WorkerConns {
                         draining: true,
                         conns: vec![conn(ConnState::Writing, 7)],
                     });
+                    answered = true;
+                } else if answered {
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
             false
         });
-        let reply = mailbox.ask(Duration::from_secs(5)).expect("an answer");
+        let reply = mailbox.ask(Duration::from_secs(20)).expect("an answer");
         assert!(answering.join().unwrap());
         assert!(reply.draining);
         assert_eq!(reply.conns, [conn(ConnState::Writing, 7)]);

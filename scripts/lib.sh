@@ -1,7 +1,8 @@
 # Shared by the load scripts: start one server pinned to a CPU on loopback, wait until it
 # answers, stop it by PID. Source it; it defines start_server and stop_server.
 #
-#   start_server NAME ADDR WORKDIR [EXTRA ARGS...]   # NAME: leftpad, leftpad-musl, floor or nginx
+#   start_server NAME ADDR WORKDIR [EXTRA ARGS...]
+#     NAME: leftpad, leftpad-musl, floor, nginx, go-v2, or the path of a leftpad binary
 #   stop_server
 # After start_server, $server_pid is the server's PID (for /proc/PID/stat).
 
@@ -35,7 +36,19 @@ start_server() {
       scripts/nginx-floor.sh "${addr##*:}" "$workdir" >"$workdir/nginx.conf"
       taskset -c "$server_cpu" nginx -c "$workdir/nginx.conf" -p "$workdir" 2>"$workdir/server.log" &
       ;;
-    *) echo "unknown server '$name' (leftpad, leftpad-musl, floor or nginx)" >&2; return 2 ;;
+    go-v2)
+      # The article's Go service (bench/go-v2), one OS thread running Go code like one worker.
+      command -v go >/dev/null || { echo "go is not installed (apt-get install golang-go)" >&2; return 1; }
+      (cd bench/go-v2 && go build -o ../../target/go-v2 .)
+      GOMAXPROCS=1 taskset -c "$server_cpu" target/go-v2 -listen "$addr" "$@" 2>"$workdir/server.log" &
+      ;;
+    */*)
+      # A leftpad binary by path (another commit's build, for side-by-side runs).
+      [ -x "$name" ] || { echo "no executable at $name" >&2; return 1; }
+      taskset -c "$server_cpu" "$name" --listen "$addr" --workers 1 "$@" \
+        >/dev/null 2>"$workdir/server.log" &
+      ;;
+    *) echo "unknown server '$name' (leftpad, leftpad-musl, floor, nginx, go-v2 or a path to a leftpad binary)" >&2; return 2 ;;
   esac
   server_pid=$!
   for _ in $(seq 100); do

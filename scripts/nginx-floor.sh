@@ -11,7 +11,9 @@ master_process off;
 worker_processes 1;
 pid $prefix/nginx.pid;
 error_log $prefix/error.log warn;
-events { worker_connections 4096; }
+# Room for the idle-connection and sweep scripts' 15,000 connections (fd limit 20,000).
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; }
 http {
   access_log off;
   keepalive_requests 1000000000;

@@ -5,8 +5,8 @@
 //! - core (pure functions of bytes, no sockets or clocks): [`http`] (framing, parsing,
 //!   responses; generic over the service that answers), [`handler`] (routing and the
 //!   API: that service), [`query`], [`leftpad`], [`json`];
-//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`runtime`] (io_uring or
-//!   epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line),
+//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`pool`] (its connection
+//!   buffers, held only while a request is served), [`runtime`] (io_uring or epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line),
 //!   [`cpus`] (the default worker count, cgroup quota included);
 //! - observability: [`accesslog`], [`statsd`], [`telemetry`] (per worker), [`stats`]
 //!   (counters), [`prometheus`] (`/metrics`), [`profile`] (pprof profiles) and [`admin`]
@@ -22,6 +22,7 @@ pub mod handler;
 pub mod http;
 pub mod json;
 pub mod leftpad;
+pub mod pool;
 pub mod profile;
 pub mod prometheus;
 pub mod query;

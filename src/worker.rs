@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
+use std::mem::take;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -16,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Canceller};
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Canceller};
 use monoio::net::{TcpListener, TcpStream};
-use monoio::time::{timeout_at, Instant};
+use monoio::time::Instant;
 use slab::Slab;
 
 use crate::accesslog::{AccessLog, Writer};
@@ -30,6 +31,7 @@ use crate::http::date::HttpDate;
 use crate::http::request::Limits;
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::pool::BufferPool;
 use crate::profile::goroutine::{ConnInfo, ConnState, Mailbox, WorkerConns};
 use crate::runtime::{DriverReport, Runtime};
 use crate::stats::{self, WorkerStats};
@@ -38,15 +40,26 @@ use crate::telemetry::{PacketSender, Telemetry};
 
 /// How often a worker refreshes its `Date` and looks for a shutdown request.
 const TICK: Duration = Duration::from_millis(50);
-/// First size of a connection's read buffer; it grows (once) only for a large head.
-const READ_BUF: usize = 4096;
-const WRITE_BUF: usize = 4096;
+/// The size of a connection's input and output buffers, taken from the worker's pool
+/// while it is served; the input grows (once) only for a large head.
+const BUF_SIZE: usize = 4096;
+/// Bytes of free buffers a worker keeps for reuse; beyond them, given-back buffers are
+/// freed (a thousand 4 KiB buffers: a burst's worth of connections served at once).
+const POOL_BYTES: usize = 4 << 20;
+/// Connection slots reserved up front (up to `--max-connections`): address space only
+/// until used, and a table that never doubles leaves no freed copies behind in the
+/// resident set (190 bytes per connection at 15,000 when it grew).
+const RESERVED_SLOTS: usize = 1 << 16;
 /// After the server decides to close, how long and how much it keeps reading (and
 /// discarding) so that the client sees the last response rather than a reset.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
-/// While draining, how long a connection that has not sent anything yet gets to do so.
-const DRAIN_FIRST_READ: Duration = Duration::from_millis(200);
+/// While draining, how long an idle connection gets to send the request its client may
+/// already have sent: it is answered with `Connection: close`, so a client that sent it
+/// just as the drain began reconnects instead of seeing its connection cut.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(200);
+/// How long the 408 for a request head that did not arrive in time may take to write.
+const TIMEOUT_ANSWER_TIME: Duration = Duration::from_secs(1);
 
 /// The little that workers share: written by the signal thread and at accept/close.
 #[derive(Default)]
@@ -113,12 +126,23 @@ struct Worker {
     conns: RefCell<Slab<ConnSlot>>,
     draining: Cell<bool>,
     mailbox: Arc<Mailbox>,
+    /// Input and output buffers for the connections being served right now.
+    buffers: BufferPool,
 }
 
 struct ConnSlot {
     fd: RawFd,
     state: ConnState,
+    /// When what the connection waits for times out. The tick ends the pending read or
+    /// write past it (see [`Worker::expire`]): a connection task holds no timer of its
+    /// own, as monoio's timer entry alone is 640 bytes (SPEC §10).
+    deadline: Instant,
+    /// The tick found the deadline passed and shut the socket down.
+    expired: bool,
     peer: SocketAddr,
+    /// The peer as the access log writes it, formatted once (here, not in the task,
+    /// keeps the task of an idle connection in a smaller allocation class).
+    peer_text: PeerText,
     since: Instant,
     requests: u64,
     bytes_in: u64,
@@ -150,6 +174,7 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
                 None
             }
         });
+    let reserved = (spec.config.max_connections as usize).min(RESERVED_SLOTS);
     let worker = Rc::new(Worker {
         limits: spec.config.limits(),
         app: RefCell::new(App::new(spec.config.max_len)),
@@ -159,9 +184,10 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
         shared: spec.shared,
         accept_canceller: RefCell::new(Some(Canceller::new())),
         date: RefCell::new(HttpDate::new(SystemTime::now())),
-        conns: RefCell::new(Slab::new()),
+        conns: RefCell::new(Slab::with_capacity(reserved)),
         draining: Cell::new(false),
         mailbox: spec.mailbox,
+        buffers: BufferPool::new(BUF_SIZE, POOL_BYTES),
     });
     monoio::spawn(tick(worker.clone()));
     accept_loop(&worker, &listener).await;
@@ -199,6 +225,7 @@ async fn tick(worker: Rc<Worker>) {
         interval.tick().await;
         let now = Instant::now();
         worker.date.borrow_mut().update(SystemTime::now());
+        worker.expire(now);
         let flush_log = now - log_flushed >= log_every;
         let flush_metrics = now - metrics_flushed >= metrics_every;
         log_flushed = if flush_log { now } else { log_flushed };
@@ -223,22 +250,48 @@ async fn tick(worker: Rc<Worker>) {
 }
 
 impl Worker {
-    /// Stops accepting and closes idle connections; busy ones close after their answer.
+    /// Stops accepting; idle connections get [`DRAIN_IDLE_GRACE`] to send a last
+    /// request, busy ones close after their answer.
     fn begin_drain(&self) {
         self.draining.set(true);
         self.app.borrow_mut().set_draining();
         // The pending accept is cancelled (not the listener shut down: that would reset
-        // the connections waiting in its backlog). On an idle connection, shutdown()
-        // makes the pending read return end-of-file (after any bytes already received):
-        // that is how waiting tasks learn of the drain without a waker registry.
+        // the connections waiting in its backlog).
         if let Some(canceller) = self.accept_canceller.borrow_mut().take() {
             canceller.cancel();
         }
-        for (_, slot) in self.conns.borrow().iter() {
+        let grace = Instant::now() + DRAIN_IDLE_GRACE;
+        for (_, slot) in self.conns.borrow_mut().iter_mut() {
             if slot.state == ConnState::Idle {
-                shutdown_fd(slot.fd, libc::SHUT_RD);
+                slot.deadline = slot.deadline.min(grace);
             }
         }
+    }
+
+    /// Ends the pending operation of every connection past its deadline. shutdown()
+    /// makes a pending read or readiness wait return end-of-file (after any bytes
+    /// already received) and a pending write fail; the task then sees `expired`. That is
+    /// how waiting tasks learn of a timeout without a timer or waker of their own. A
+    /// connection waiting for a head is only shut for reading: it still gets its 408.
+    fn expire(&self, now: Instant) {
+        for (_, slot) in self.conns.borrow_mut().iter_mut() {
+            if !slot.expired && slot.deadline <= now {
+                slot.expired = true;
+                let how = match slot.state {
+                    ConnState::Writing => libc::SHUT_RDWR,
+                    _ => libc::SHUT_RD,
+                };
+                shutdown_fd(slot.fd, how);
+            }
+        }
+    }
+
+    /// Whether connection `key`'s deadline passed while it waited (see [`Worker::expire`]).
+    fn expired(&self, key: usize) -> bool {
+        self.conns
+            .borrow()
+            .get(key)
+            .is_some_and(|slot| slot.expired)
     }
 
     /// A copy of the connection table, for `/debug/pprof/goroutine`.
@@ -285,14 +338,28 @@ impl Worker {
         telemetry.record_batch(b"", peer.as_bytes(), Duration::ZERO, now);
     }
 
-    /// Records what connection `key` waits for now, and what it moved since the last
-    /// note (once per read and per write, where the worker touches the slot anyway).
-    fn note(&self, key: usize, state: ConnState, moved: Moved) {
+    /// Records what connection `key` waits for now and until when.
+    fn note(&self, key: usize, state: ConnState, deadline: Instant) {
         if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
             slot.state = state;
-            slot.requests += moved.requests;
-            slot.bytes_in += moved.bytes_in;
-            slot.bytes_out += moved.bytes_out;
+            slot.deadline = deadline;
+            slot.expired = false;
+        }
+    }
+
+    /// Counts bytes connection `key` read, in its slot and the worker's stats.
+    fn count_in(&self, key: usize, bytes: usize) {
+        self.stats.bytes_in.add(bytes as u64);
+        if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
+            slot.bytes_in += bytes as u64;
+        }
+    }
+
+    /// Counts bytes connection `key` wrote, in its slot and the worker's stats.
+    fn count_out(&self, key: usize, bytes: usize) {
+        self.stats.bytes_out.add(bytes as u64);
+        if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
+            slot.bytes_out += bytes as u64;
         }
     }
 }
@@ -345,11 +412,15 @@ fn accepted_connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     }
     worker.stats.connections_accepted.add(1);
     worker.stats.connections_open.add(1);
+    let now = Instant::now();
     let key = worker.conns.borrow_mut().insert(ConnSlot {
         fd: stream.as_raw_fd(),
-        state: ConnState::Head,
+        state: ConnState::Idle,
+        deadline: now + worker.config.header_timeout,
+        expired: false,
         peer,
-        since: Instant::now(),
+        peer_text: PeerText::new(peer),
+        since: now,
         requests: 0,
         bytes_in: 0,
         bytes_out: 0,
@@ -358,7 +429,7 @@ fn accepted_connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr)
         worker: worker.clone(),
         key,
     };
-    monoio::spawn(serve_connection(registration, stream, peer));
+    monoio::spawn(serve_connection(registration, stream));
 }
 
 /// At drain: takes in the connections already waiting in the listener's backlog (their
@@ -417,14 +488,6 @@ impl Drop for Registration {
     }
 }
 
-/// Requests answered and bytes moved since a connection's slot was last updated.
-#[derive(Clone, Copy, Default)]
-struct Moved {
-    requests: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
 /// Why a connection's loop ended.
 enum End {
     /// The peer closed, reset or timed out: nothing more to send.
@@ -456,163 +519,294 @@ impl PeerText {
     }
 }
 
-async fn serve_connection(reg: Registration, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let peer = PeerText::new(peer);
-    let mut input = Vec::with_capacity(READ_BUF);
-    let mut output = Vec::with_capacity(WRITE_BUF);
-    let end = connection_loop(&reg, &peer, &mut stream, &mut input, &mut output).await;
-    match end {
-        End::Gone => {}
-        End::Close => {
-            reg.worker
-                .note(reg.key, ConnState::Lingering, Moved::default());
-            linger(&mut stream).await
-        }
-        End::HeadTimeout => {
-            output.clear();
-            let date = *reg.worker.date.borrow().as_bytes();
-            Response::new(&mut output, &date, false, Connection::Close).error(
-                Status::REQUEST_TIMEOUT,
-                "request head not received in time",
-                b"",
-            );
-            reg.worker.record_unparsed(Status::REQUEST_TIMEOUT, &peer);
-            let deadline = Instant::now() + Duration::from_secs(1);
-            let _ = timeout_at(deadline, stream.write_all(output)).await;
-        }
+/// A connection's task. A plain function returning an `async move` block, not an
+/// `async fn`: an async fn keeps a second copy of its arguments in its future for the
+/// whole connection (rustc issue 62958).
+fn serve_connection(reg: Registration, stream: TcpStream) -> impl std::future::Future<Output = ()> {
+    let mut session = Session::new(reg, stream);
+    async move {
+        let end = session.serve().await;
+        session.finish(end).await;
     }
 }
 
-async fn connection_loop(
-    reg: &Registration,
-    peer: &PeerText,
-    stream: &mut TcpStream,
-    input: &mut Vec<u8>,
-    output: &mut Vec<u8>,
-) -> End {
-    let worker = &*reg.worker;
-    let config = &*worker.config;
-    let mut conn = Conn::new();
-    let mut head_deadline: Option<Instant> = None;
-    let mut read_at = Instant::now();
-    // The latest clock reading: when a read completed, after processing, after a write.
-    // It serves the handling time and every deadline, so a batch reads the clock three
-    // times, not once per use.
-    let mut now = read_at;
-    // Until its first read, a connection may hold requests sent before a shutdown signal.
-    let mut fresh = true;
-    let mut moved = Moved::default();
-    loop {
-        let mut more_buffered = false;
-        if !input.is_empty() {
-            let date = *worker.date.borrow().as_bytes();
-            let mut app = worker.app.borrow_mut();
-            let mut telemetry = worker.telemetry.borrow_mut();
-            let telemetry = &mut *telemetry;
-            // The core is pure and should never panic; if it does, only this connection
-            // ends, not the worker and its other clients.
-            let progress = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let records = &mut telemetry.records;
-                conn.process(input, output, records, &mut *app, &worker.limits, &date)
-            })) {
-                Ok(progress) => progress,
-                Err(_) => {
-                    telemetry.records.clear();
+/// One connection as its task holds it. Kept small on purpose: an idle keep-alive
+/// connection costs this task (one allocation), its slot and nothing more, as it waits
+/// for readability with no buffer (taken from the worker's pool while it is served) and
+/// no timer (the tick enforces its deadline). SPEC §10; sizes in ARCHITECTURE.md.
+struct Session {
+    reg: Registration,
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    conn: Conn,
+    head_deadline: Option<Instant>,
+    /// When the bytes being answered were read (the start of the handling time).
+    read_at: Instant,
+    /// The latest clock reading: when a read completed, after processing, after a
+    /// write. It serves the handling time and every deadline, so a batch reads the clock
+    /// three times, not once per use.
+    now: Instant,
+    /// No byte read yet: the connection owes its first head within the header timeout.
+    fresh: bool,
+}
+
+impl Session {
+    fn new(reg: Registration, stream: TcpStream) -> Session {
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        Session {
+            reg,
+            stream,
+            // No buffers yet: they come from the pool when the first bytes do.
+            input: Vec::new(),
+            output: Vec::new(),
+            conn: Conn::new(),
+            head_deadline: None,
+            read_at: now,
+            now,
+            fresh: true,
+        }
+    }
+
+    /// Reads, answers and writes until the connection ends; says how it ended.
+    async fn serve(&mut self) -> End {
+        loop {
+            let Some(more_buffered) = self.answer() else {
+                return End::Gone;
+            };
+            if !self.output.is_empty() {
+                let deadline = self.now + self.reg.worker.config.write_timeout;
+                self.note(ConnState::Writing, deadline);
+                if !self.write_output().await {
                     return End::Gone;
                 }
-            };
-            now = Instant::now();
-            telemetry.record_batch(input, peer.as_bytes(), now - read_at, now.into_std());
-            moved.requests += u64::from(progress.answered);
-            input.drain(..progress.consumed);
-            more_buffered = output.len() >= OUT_HIGH_WATER;
-        }
-        if !output.is_empty() {
-            let deadline = now + config.write_timeout;
-            worker.note(reg.key, ConnState::Writing, std::mem::take(&mut moved));
-            let buf = std::mem::take(output);
-            match timeout_at(deadline, stream.write_all(buf)).await {
-                Ok((Ok(_), mut buf)) => {
-                    worker.stats.bytes_out.add(buf.len() as u64);
-                    moved.bytes_out += buf.len() as u64;
-                    buf.clear();
-                    *output = buf;
-                }
-                _ => return End::Gone,
+                self.now = Instant::now();
             }
-            now = Instant::now();
+            let waiting = self.conn.waiting(self.input.len());
+            if more_buffered && waiting != Waiting::Done {
+                continue;
+            }
+            let Some((state, deadline)) = self.next_wait(waiting) else {
+                return End::Close;
+            };
+            self.note(state, deadline);
+            if self.input.is_empty() {
+                // Nothing buffered: wait for bytes without owning buffers (SPEC §10).
+                // It stays `Idle` until bytes are read: with the epoll driver, readiness
+                // may be stale and the read below is then still the idle wait. (A
+                // drain gives an idle connection a grace to send, so a request just
+                // arrived is answered either way.)
+                if !self.wait_readable().await {
+                    return End::Gone;
+                }
+            }
+            match self.read_more().await {
+                Ok(true) => {}
+                Ok(false) => return End::Gone,
+                Err(()) if waiting == Waiting::Head => return End::HeadTimeout,
+                Err(()) => return End::Gone,
+            }
         }
-        let waiting = conn.waiting(input.len());
-        if more_buffered && waiting != Waiting::Done {
-            continue;
+    }
+
+    /// Answers the complete requests buffered, logging and counting them. Some(true)
+    /// when the output passed its high-water mark with requests still buffered; None
+    /// if the core panicked (only this connection ends, not the worker).
+    fn answer(&mut self) -> Option<bool> {
+        if self.input.is_empty() {
+            return Some(false);
         }
+        let worker = &*self.reg.worker;
+        if worker.draining.get() {
+            // The last request buffered now is answered with `Connection: close`.
+            self.conn.disable_keep_alive();
+        }
+        let date = *worker.date.borrow().as_bytes();
+        let mut app = worker.app.borrow_mut();
+        let mut telemetry = worker.telemetry.borrow_mut();
+        let telemetry = &mut *telemetry;
+        let (conn, input, output) = (&mut self.conn, &self.input, &mut self.output);
+        let progress = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let records = &mut telemetry.records;
+            conn.process(input, output, records, &mut *app, &worker.limits, &date)
+        }));
+        let Ok(progress) = progress else {
+            telemetry.records.clear();
+            return None;
+        };
+        self.now = Instant::now();
+        let handling = self.now - self.read_at;
+        let mut conns = worker.conns.borrow_mut();
+        if let Some(slot) = conns.get_mut(self.reg.key) {
+            let peer = slot.peer_text.as_bytes();
+            telemetry.record_batch(input, peer, handling, self.now.into_std());
+            slot.requests += u64::from(progress.answered);
+        }
+        self.input.drain(..progress.consumed);
+        Some(self.output.len() >= OUT_HIGH_WATER)
+    }
+
+    /// What the connection waits for next and until when; None when it is done.
+    fn next_wait(&mut self, waiting: Waiting) -> Option<(ConnState, Instant)> {
+        let worker = &*self.reg.worker;
+        let config = &*worker.config;
+        let now = self.now;
         let deadline = match waiting {
-            Waiting::Done => return End::Close,
-            Waiting::Idle if worker.draining.get() && fresh => now + DRAIN_FIRST_READ,
-            Waiting::Idle if worker.draining.get() => return End::Close,
+            Waiting::Done => return None,
+            Waiting::Idle if worker.draining.get() => now + DRAIN_IDLE_GRACE,
             // A new connection owes its first request head within the header timeout,
             // as nginx's `client_header_timeout` and Go's `ReadHeaderTimeout` have it:
             // silence is not idleness, and it is closed without an answer.
-            Waiting::Idle if fresh => *head_deadline.get_or_insert(now + config.header_timeout),
+            Waiting::Idle if self.fresh => *self
+                .head_deadline
+                .get_or_insert(now + config.header_timeout),
             Waiting::Idle | Waiting::Body => {
-                head_deadline = None;
+                self.head_deadline = None;
                 now + config.idle_timeout
             }
-            Waiting::Head => *head_deadline.get_or_insert(now + config.header_timeout),
+            Waiting::Head => *self
+                .head_deadline
+                .get_or_insert(now + config.header_timeout),
         };
         let state = match waiting {
             Waiting::Idle => ConnState::Idle,
             Waiting::Body => ConnState::Body,
             Waiting::Head | Waiting::Done => ConnState::Head,
         };
-        worker.note(reg.key, state, std::mem::take(&mut moved));
-        if input.len() == input.capacity() {
-            // Only a partial head fills the buffer (the core rejects one past the limit).
-            input.reserve(worker.limits.max_head_size.max(input.capacity()));
-        }
-        let buf = std::mem::take(input);
-        let len = buf.len();
-        let read = timeout_at(deadline, stream.read(buf.slice_mut(len..))).await;
-        if state == ConnState::Idle {
-            // Busy again: the drain must not take it for an idle connection.
-            worker.note(reg.key, ConnState::Head, Moved::default());
-        }
-        match read {
-            Ok((Ok(n), buf)) if n > 0 => {
-                fresh = false;
-                *input = buf.into_inner();
-                read_at = Instant::now();
-                now = read_at;
-                worker.stats.bytes_in.add(n as u64);
-                moved.bytes_in += n as u64;
-            }
-            Ok(_) => return End::Gone,
-            Err(_) if waiting == Waiting::Head => return End::HeadTimeout,
-            Err(_) => return End::Gone,
-        }
+        Some((state, deadline))
     }
-}
 
-/// Half-closes, then reads and discards what the client still sends (up to a bound), so
-/// unread request bytes do not make the kernel reset the connection before the client
-/// has read our last response. nginx calls this lingering close.
-async fn linger(stream: &mut TcpStream) {
-    if stream.shutdown().await.is_err() {
-        return;
+    /// Records in the slot what the connection waits for and until when.
+    fn note(&self, state: ConnState, deadline: Instant) {
+        self.reg.worker.note(self.reg.key, state, deadline);
     }
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut buf = Vec::with_capacity(READ_BUF);
-    let mut total = 0;
-    while total < LINGER_BYTES {
-        match timeout_at(deadline, stream.read(buf)).await {
-            Ok((Ok(n), b)) if n > 0 => {
-                total += n;
-                buf = b;
-                buf.clear();
+
+    fn expired(&self) -> bool {
+        self.reg.worker.expired(self.reg.key)
+    }
+
+    /// Writes the whole output (by the deadline noted); false if that failed.
+    async fn write_output(&mut self) -> bool {
+        let mut written = 0;
+        while written < self.output.len() {
+            let rest = take(&mut self.output).slice(written..);
+            let (result, rest) = self.stream.write(rest).await;
+            self.output = rest.into_inner();
+            match result {
+                Ok(n) if n > 0 && !self.expired() => written += n,
+                _ => return false,
             }
-            _ => return,
         }
+        self.output.clear();
+        self.reg.worker.count_out(self.reg.key, written);
+        true
+    }
+
+    /// Gives the buffers back to the pool, waits until the socket has bytes (or end of
+    /// file), then takes buffers again. False when the wait failed or the deadline
+    /// passed: the connection is over (with nothing buffered, no head was under way).
+    async fn wait_readable(&mut self) -> bool {
+        let buffers = &self.reg.worker.buffers;
+        buffers.give(take(&mut self.input));
+        buffers.give(take(&mut self.output));
+        // Relaxed: the epoll driver may then wake on stale readiness; the read that
+        // follows simply waits, holding a buffer this once.
+        if self.stream.readable(true).await.is_err() || self.expired() {
+            return false;
+        }
+        let buffers = &self.reg.worker.buffers;
+        self.input = buffers.take();
+        self.output = buffers.take();
+        true
+    }
+
+    /// Reads more bytes after those buffered: Ok(false) at end of file or on an error,
+    /// Err(()) when the deadline passed.
+    async fn read_more(&mut self) -> Result<bool, ()> {
+        let len = self.input.len();
+        if len == self.input.capacity() {
+            // Only a partial head fills the buffer (the core rejects one past the limit).
+            let max_head = self.reg.worker.limits.max_head_size;
+            self.input.reserve(max_head.max(len));
+        }
+        let (read, buf) = self
+            .stream
+            .read(take(&mut self.input).slice_mut(len..))
+            .await;
+        self.input = buf.into_inner();
+        if self.expired() {
+            return Err(());
+        }
+        let Ok(n @ 1..) = read else {
+            return Ok(false);
+        };
+        self.fresh = false;
+        self.read_at = Instant::now();
+        self.now = self.read_at;
+        self.reg.worker.count_in(self.reg.key, n);
+        Ok(true)
+    }
+
+    /// After the loop: a lingering close, or the 408 for a head that came too late; the
+    /// buffers go back to the pool either way.
+    async fn finish(&mut self, end: End) {
+        self.reg.worker.buffers.give(take(&mut self.input));
+        match end {
+            End::Gone => {}
+            End::Close => {
+                self.reg.worker.buffers.give(take(&mut self.output));
+                self.linger().await;
+            }
+            End::HeadTimeout => {
+                self.answer_head_timeout();
+                self.write_output().await;
+            }
+        }
+        self.reg.worker.buffers.give(take(&mut self.output));
+    }
+
+    /// Puts the 408 in the output (logged and counted) and gives it a second to go out.
+    fn answer_head_timeout(&mut self) {
+        let worker = &*self.reg.worker;
+        self.output.clear();
+        let date = *worker.date.borrow().as_bytes();
+        Response::new(&mut self.output, &date, false, Connection::Close).error(
+            Status::REQUEST_TIMEOUT,
+            "request head not received in time",
+            b"",
+        );
+        let peer = worker
+            .conns
+            .borrow()
+            .get(self.reg.key)
+            .map(|slot| slot.peer);
+        if let Some(peer) = peer {
+            worker.record_unparsed(Status::REQUEST_TIMEOUT, &PeerText::new(peer));
+        }
+        self.note(ConnState::Writing, Instant::now() + TIMEOUT_ANSWER_TIME);
+    }
+
+    /// Half-closes, then reads and discards what the client still sends (up to a
+    /// bound), so unread request bytes do not make the kernel reset the connection
+    /// before the client has read our last response. nginx calls this lingering close.
+    async fn linger(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        self.note(ConnState::Lingering, Instant::now() + LINGER_TIME);
+        let mut buf = self.reg.worker.buffers.take();
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let (read, b) = self.stream.read(buf).await;
+            buf = b;
+            buf.clear();
+            match read {
+                Ok(n) if n > 0 && !self.expired() => total += n,
+                _ => break,
+            }
+        }
+        self.reg.worker.buffers.give(buf);
     }
 }
 

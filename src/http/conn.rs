@@ -43,6 +43,9 @@ enum State {
 #[derive(Debug)]
 pub struct Conn {
     state: State,
+    /// False once the server wants to close (a drain): the last request buffered in a
+    /// batch is then answered with `Connection: close`.
+    keep_alive: bool,
 }
 
 /// What one call of [`Conn::process`] did.
@@ -115,7 +118,18 @@ impl Default for Conn {
 
 impl Conn {
     pub fn new() -> Conn {
-        Conn { state: State::Head }
+        Conn {
+            state: State::Head,
+            keep_alive: true,
+        }
+    }
+
+    /// From now on, the last request of each batch (no bytes buffered after it) is
+    /// answered with `Connection: close` and ends the connection; requests pipelined
+    /// before it are still answered in full. A client that sent a request as the server
+    /// began to drain gets its answer and a clean close, not a cut connection.
+    pub fn disable_keep_alive(&mut self) {
+        self.keep_alive = false;
     }
 
     /// Answers the complete requests at the front of `input`, appending the responses to
@@ -172,8 +186,10 @@ impl Conn {
                             pos += head_len;
                             // A client waiting for "100 Continue" may never send the body
                             // we did not ask for, so the framing after it is unknowable.
+                            let last_buffered = pos as u64 + request.body_len >= input.len() as u64;
                             let close = !request.keep_alive
-                                || (request.expect_continue && request.body_len > 0);
+                                || (request.expect_continue && request.body_len > 0)
+                                || (!self.keep_alive && last_buffered);
                             let connection = match (close, request.http10) {
                                 (true, _) => Connection::Close,
                                 (false, true) => Connection::KeepAlive,
@@ -373,6 +389,28 @@ mod tests {
         let (out, n, waiting) = run(&[&batch]);
         assert_eq!((n, waiting), (1, Waiting::Done));
         assert!(out.contains("Connection: close\r\n"));
+    }
+
+    #[test]
+    fn without_keep_alive_the_last_buffered_request_closes() {
+        let mut conn = Conn::new();
+        conn.disable_keep_alive();
+        let mut app = App::new(1024);
+        let (mut out, mut records) = (Vec::new(), Vec::new());
+        // Two pipelined requests and part of a third: the first two are answered with
+        // keep-alive (more bytes follow them), and the connection waits for the third.
+        let mut batch = [GET, GET].concat();
+        batch.extend_from_slice(&GET[..10]);
+        let p = conn.process(&batch, &mut out, &mut records, &mut app, &LIMITS, DATE);
+        assert_eq!((p.answered, p.consumed), (2, 2 * GET.len()));
+        assert!(!String::from_utf8_lossy(&out).contains("Connection: close"));
+        assert_eq!(conn.waiting(10), Waiting::Head);
+        // The rest of it arrives: nothing follows it, so it is the last and closes.
+        out.clear();
+        let p = conn.process(GET, &mut out, &mut records, &mut app, &LIMITS, DATE);
+        assert_eq!(p.answered, 1);
+        assert!(String::from_utf8_lossy(&out).contains("Connection: close\r\n"));
+        assert_eq!(conn.waiting(0), Waiting::Done);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!   responses; generic over the service that answers), [`handler`] (routing and the
 //!   API: that service), [`query`], [`leftpad`], [`json`];
 //! - shell: [`worker`] (one pinned monoio runtime per CPU), [`pool`] (its connection
-//!   buffers, held only while a request is served), [`runtime`] (io_uring or epoll), [`server`] (startup, signals, shutdown), [`config`] (the command line),
-//!   [`cpus`] (the default worker count, cgroup quota included);
+//!   buffers, held only while a request is served), [`parking`] (where idle
+//!   connections wait without a task), [`runtime`] (io_uring or epoll), [`server`]
+//!   (startup, signals, shutdown), [`config`] (the command line), [`cpus`] (the
+//!   default worker count, cgroup quota included);
 //! - observability: [`accesslog`], [`statsd`], [`telemetry`] (per worker), [`stats`]
 //!   (counters), [`prometheus`] (`/metrics`), [`profile`] (pprof profiles) and [`admin`]
 //!   (the admin listener that serves them and `/debug/vars`, on its own thread).
@@ -22,6 +24,7 @@ pub mod handler;
 pub mod http;
 pub mod json;
 pub mod leftpad;
+pub mod parking;
 pub mod pool;
 pub mod profile;
 pub mod prometheus;

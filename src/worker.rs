@@ -7,6 +7,7 @@
 //! once per tick and written once per connection, never per request.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io::Write;
 use std::mem::take;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -31,6 +33,7 @@ use crate::http::date::HttpDate;
 use crate::http::request::Limits;
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::parking::{self, EpollSet};
 use crate::pool::BufferPool;
 use crate::profile::goroutine::{ConnInfo, ConnState, Mailbox, WorkerConns};
 use crate::runtime::{DriverReport, Runtime};
@@ -58,6 +61,11 @@ const LINGER_BYTES: usize = 1 << 20;
 /// already have sent: it is answered with `Connection: close`, so a client that sent it
 /// just as the drain began reconnects instead of seeing its connection cut.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(200);
+/// How long a keep-alive connection stays idle with its task before it parks: its task
+/// ends and only its socket waits, in the worker's epoll set (see [`crate::parking`]).
+/// Long enough that a connection in steady use never parks (so the request path never
+/// pays the `epoll_ctl` and the new task), short enough that idle ones soon cost little.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 /// How long the 408 for a request head that did not arrive in time may take to write.
 const TIMEOUT_ANSWER_TIME: Duration = Duration::from_secs(1);
 
@@ -128,6 +136,29 @@ struct Worker {
     mailbox: Arc<Mailbox>,
     /// Input and output buffers for the connections being served right now.
     buffers: BufferPool,
+    /// Where connections idle past [`PARK_AFTER`] wait without a task (None: the
+    /// system refused an epoll set; idle connections then keep their tasks).
+    parking: Option<Parking>,
+    /// Connections parked since the tick last gave memory back (see [`Worker::park`]).
+    parked_lately: Cell<bool>,
+}
+
+/// The worker's parking set, and a second handle on it for the runtime to wait on.
+struct Parking {
+    set: EpollSet,
+    /// The set's descriptor as a monoio socket type, used only to wait until the set
+    /// is readable (a parked socket is ready): monoio has no type for a bare fd, and
+    /// its readiness wait is a plain poll on the descriptor whatever the type.
+    waiter: monoio::net::unix::UnixDatagram,
+}
+
+impl Parking {
+    fn new() -> std::io::Result<Parking> {
+        let set = EpollSet::new()?;
+        let waiter = std::os::unix::net::UnixDatagram::from(set.try_clone()?);
+        let waiter = monoio::net::unix::UnixDatagram::from_std(waiter)?;
+        Ok(Parking { set, waiter })
+    }
 }
 
 struct ConnSlot {
@@ -139,6 +170,14 @@ struct ConnSlot {
     deadline: Instant,
     /// The tick found the deadline passed and shut the socket down.
     expired: bool,
+    /// When the state was last noted (how long an idle connection has been idle).
+    noted: Instant,
+    /// The tick asks this idle connection to park (see [`Worker::sweep`]).
+    park: bool,
+    /// Wakes the connection's task while it waits for readability, to park it.
+    waker: Option<Waker>,
+    /// The socket of a parked connection, which has no task.
+    parked: Option<TcpStream>,
     peer: SocketAddr,
     /// The peer as the access log writes it, formatted once (here, not in the task,
     /// keeps the task of an idle connection in a smaller allocation class).
@@ -175,6 +214,14 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
             }
         });
     let reserved = (spec.config.max_connections as usize).min(RESERVED_SLOTS);
+    let parking = Parking::new()
+        .map_err(|e| {
+            eprintln!(
+                "leftpad: worker {}: idle connections keep their tasks: no epoll set: {e}",
+                spec.id
+            )
+        })
+        .ok();
     let worker = Rc::new(Worker {
         limits: spec.config.limits(),
         app: RefCell::new(App::new(spec.config.max_len)),
@@ -188,8 +235,11 @@ async fn serve(spec: WorkerSpec, log: Option<AccessLog>) {
         draining: Cell::new(false),
         mailbox: spec.mailbox,
         buffers: BufferPool::new(BUF_SIZE, POOL_BYTES),
+        parking,
+        parked_lately: Cell::new(false),
     });
     monoio::spawn(tick(worker.clone()));
+    monoio::spawn(unpark_ready(worker.clone()));
     accept_loop(&worker, &listener).await;
     match backlog {
         Ok(backlog) => sweep_backlog(&worker, &backlog),
@@ -225,7 +275,15 @@ async fn tick(worker: Rc<Worker>) {
         interval.tick().await;
         let now = Instant::now();
         worker.date.borrow_mut().update(SystemTime::now());
-        worker.expire(now);
+        worker.sweep(now);
+        if worker.parked_lately.replace(false) {
+            // The tasks of the connections parked since the last tick are freed, and an
+            // idle thread would never get back to mimalloc to return their pages to the
+            // system: ask it now (a walk over this thread's pages, only after parking).
+            // SAFETY: mi_collect takes no arguments to misuse and may be called by any
+            // thread at any time; it only frees memory no allocation refers to.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+        }
         let flush_log = now - log_flushed >= log_every;
         let flush_metrics = now - metrics_flushed >= metrics_every;
         log_flushed = if flush_log { now } else { log_flushed };
@@ -262,18 +320,24 @@ impl Worker {
         }
         let grace = Instant::now() + DRAIN_IDLE_GRACE;
         for (_, slot) in self.conns.borrow_mut().iter_mut() {
-            if slot.state == ConnState::Idle {
+            if matches!(slot.state, ConnState::Idle | ConnState::Parked) {
                 slot.deadline = slot.deadline.min(grace);
             }
         }
     }
 
-    /// Ends the pending operation of every connection past its deadline. shutdown()
+    /// The tick's pass over the connection table.
+    ///
+    /// It ends the pending operation of every connection past its deadline: shutdown()
     /// makes a pending read or readiness wait return end-of-file (after any bytes
     /// already received) and a pending write fail; the task then sees `expired`. That is
-    /// how waiting tasks learn of a timeout without a timer or waker of their own. A
-    /// connection waiting for a head is only shut for reading: it still gets its 408.
-    fn expire(&self, now: Instant) {
+    /// how waiting tasks learn of a timeout without a timer of their own. A connection
+    /// waiting for a head is only shut for reading: it still gets its 408. A parked
+    /// connection's socket becomes readable, so it gets a task that finds it over.
+    ///
+    /// It also asks connections idle past [`PARK_AFTER`] to park, by waking their task.
+    fn sweep(&self, now: Instant) {
+        let parking = self.parking.is_some() && !self.draining.get();
         for (_, slot) in self.conns.borrow_mut().iter_mut() {
             if !slot.expired && slot.deadline <= now {
                 slot.expired = true;
@@ -282,8 +346,92 @@ impl Worker {
                     _ => libc::SHUT_RD,
                 };
                 shutdown_fd(slot.fd, how);
+            } else if parking
+                && slot.state == ConnState::Idle
+                && !slot.park
+                && now.saturating_duration_since(slot.noted) >= PARK_AFTER
+            {
+                slot.park = true;
+                if let Some(waker) = slot.waker.take() {
+                    // Only schedules the task; it runs after this pass.
+                    waker.wake();
+                }
             }
         }
+    }
+
+    /// Whether the tick asked connection `key` to park; if not, `waker` is kept for it
+    /// to ask. Called while the connection waits for readability.
+    fn asked_to_park(&self, key: usize, waker: &Waker) -> bool {
+        let mut conns = self.conns.borrow_mut();
+        let Some(slot) = conns.get_mut(key) else {
+            return false;
+        };
+        if slot.park {
+            return true;
+        }
+        if !slot
+            .waker
+            .as_ref()
+            .is_some_and(|kept| kept.will_wake(waker))
+        {
+            slot.waker = Some(waker.clone());
+        }
+        false
+    }
+
+    /// Takes over the socket of connection `key`, whose task ended to park it.
+    fn park(self: &Rc<Self>, key: usize, stream: TcpStream) {
+        let parked = self
+            .parking
+            .as_ref()
+            .map(|parking| parking.set.park(stream.as_raw_fd(), key));
+        let mut conns = self.conns.borrow_mut();
+        let Some(slot) = conns.get_mut(key) else {
+            return;
+        };
+        let waker = slot.waker.take();
+        slot.park = false;
+        if let Some(Ok(())) = parked {
+            slot.state = ConnState::Parked;
+            slot.parked = Some(stream);
+            self.parked_lately.set(true);
+            drop(conns);
+            drop(waker);
+            return;
+        }
+        // The set refused it: serve on with a task.
+        let resume = Resume::of(slot);
+        drop(conns);
+        drop(waker);
+        let reg = Registration {
+            worker: self.clone(),
+            key,
+        };
+        monoio::spawn(serve_connection(reg, stream, Some(resume)));
+    }
+
+    /// Gives parked connection `key` a task again: its socket is readable (bytes, end
+    /// of file, or the tick's shutdown at its deadline).
+    fn unpark(self: &Rc<Self>, key: usize) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(slot) = conns.get_mut(key) else {
+            return;
+        };
+        let Some(stream) = slot.parked.take() else {
+            return;
+        };
+        if let Some(parking) = &self.parking {
+            parking.set.unpark(slot.fd);
+        }
+        slot.state = ConnState::Idle;
+        let resume = Resume::of(slot);
+        drop(conns);
+        let reg = Registration {
+            worker: self.clone(),
+            key,
+        };
+        monoio::spawn(serve_connection(reg, stream, Some(resume)));
     }
 
     /// Whether connection `key`'s deadline passed while it waited (see [`Worker::expire`]).
@@ -338,12 +486,14 @@ impl Worker {
         telemetry.record_batch(b"", peer.as_bytes(), Duration::ZERO, now);
     }
 
-    /// Records what connection `key` waits for now and until when.
-    fn note(&self, key: usize, state: ConnState, deadline: Instant) {
+    /// Records what connection `key` waits for from `now` on, and until when.
+    fn note(&self, key: usize, state: ConnState, now: Instant, deadline: Instant) {
         if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
             slot.state = state;
+            slot.noted = now;
             slot.deadline = deadline;
             slot.expired = false;
+            slot.park = false;
         }
     }
 
@@ -418,6 +568,10 @@ fn accepted_connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr)
         state: ConnState::Idle,
         deadline: now + worker.config.header_timeout,
         expired: false,
+        noted: now,
+        park: false,
+        waker: None,
+        parked: None,
         peer,
         peer_text: PeerText::new(peer),
         since: now,
@@ -429,7 +583,7 @@ fn accepted_connection(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr)
         worker: worker.clone(),
         key,
     };
-    monoio::spawn(serve_connection(registration, stream));
+    monoio::spawn(serve_connection(registration, stream, None));
 }
 
 /// At drain: takes in the connections already waiting in the listener's backlog (their
@@ -477,9 +631,23 @@ struct Registration {
     key: usize,
 }
 
+impl Registration {
+    /// Ends the registration without removing the connection: it is parked, and its
+    /// slot stays (a task it gets later registers again).
+    fn release(self) -> (Rc<Worker>, usize) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped (ManuallyDrop) nor used after this read, so the
+        // `Rc` is moved out exactly once and its count stays right.
+        let worker = unsafe { std::ptr::read(&this.worker) };
+        (worker, this.key)
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.worker.conns.borrow_mut().try_remove(self.key);
+        // The slot (and the waker it may hold) is dropped after the table's borrow ends.
+        let slot = self.worker.conns.borrow_mut().try_remove(self.key);
+        drop(slot);
         self.worker
             .shared
             .connections
@@ -488,14 +656,82 @@ impl Drop for Registration {
     }
 }
 
+/// What a task given to a parked connection starts from.
+#[derive(Clone, Copy)]
+struct Resume {
+    /// No byte read yet: the header timeout still runs, to `deadline`.
+    fresh: bool,
+    deadline: Instant,
+}
+
+impl Resume {
+    fn of(slot: &ConnSlot) -> Resume {
+        Resume {
+            fresh: slot.bytes_in == 0,
+            deadline: slot.deadline,
+        }
+    }
+}
+
 /// Why a connection's loop ended.
 enum End {
+    /// Idle too long: the task ends, the socket waits in the worker's parking set.
+    Park,
     /// The peer closed, reset or timed out: nothing more to send.
     Gone,
     /// The server decided to close after its last response: close gracefully.
     Close,
     /// A request head did not arrive within `--header-timeout`.
     HeadTimeout,
+}
+
+/// Why a read ended without bytes, besides end of file.
+enum Wait {
+    /// The deadline passed.
+    Expired,
+    /// The tick asked the idle connection to park.
+    Park,
+}
+
+/// `op` until it completes, or None once the tick asks connection `reg` to park (only
+/// an idle one is asked, see [`Worker::sweep`]): then `op` is dropped, which cancels it.
+fn unless_parked<F: Future>(reg: &Registration, op: F) -> UnlessParked<'_, F> {
+    UnlessParked {
+        op,
+        worker: &reg.worker,
+        key: reg.key,
+    }
+}
+
+struct UnlessParked<'a, F> {
+    op: F,
+    worker: &'a Worker,
+    key: usize,
+}
+
+impl<F: Future> Future for UnlessParked<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `op` is pinned structurally: it is never moved out of `self` (no
+        // method takes it, there is no Drop impl), and `UnlessParked` is `Unpin` only
+        // when `F` is, by the auto trait.
+        let this = unsafe { self.get_unchecked_mut() };
+        let op = unsafe { std::pin::Pin::new_unchecked(&mut this.op) };
+        match op.poll(cx) {
+            Poll::Ready(done) => Poll::Ready(Some(done)),
+            Poll::Pending if this.worker.asked_to_park(this.key, cx.waker()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// How a wait for readability ended.
+enum Woke {
+    Readable,
+    /// The tick asked the idle connection to park.
+    Park,
+    Gone,
 }
 
 /// A peer address as the access log writes it (`ip:port`), formatted once per connection.
@@ -522,11 +758,40 @@ impl PeerText {
 /// A connection's task. A plain function returning an `async move` block, not an
 /// `async fn`: an async fn keeps a second copy of its arguments in its future for the
 /// whole connection (rustc issue 62958).
-fn serve_connection(reg: Registration, stream: TcpStream) -> impl std::future::Future<Output = ()> {
-    let mut session = Session::new(reg, stream);
+fn serve_connection(
+    reg: Registration,
+    stream: TcpStream,
+    resume: Option<Resume>,
+) -> impl Future<Output = ()> {
+    let mut session = Session::new(reg, stream, resume);
     async move {
-        let end = session.serve().await;
-        session.finish(end).await;
+        match session.serve().await {
+            End::Park => session.park(),
+            end => session.finish(end).await,
+        }
+    }
+}
+
+/// The task of the worker's parking set: gives each parked connection that became
+/// readable a task again.
+async fn unpark_ready(worker: Rc<Worker>) {
+    let Some(parking) = &worker.parking else {
+        return;
+    };
+    let mut keys = [0; parking::BATCH];
+    loop {
+        if parking.waiter.readable(false).await.is_err() {
+            return;
+        }
+        loop {
+            let ready = parking.set.ready(&mut keys);
+            for &key in &keys[..ready] {
+                worker.unpark(key);
+            }
+            if ready < parking::BATCH {
+                break;
+            }
+        }
     }
 }
 
@@ -552,7 +817,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(reg: Registration, stream: TcpStream) -> Session {
+    fn new(reg: Registration, stream: TcpStream, resume: Option<Resume>) -> Session {
         let _ = stream.set_nodelay(true);
         let now = Instant::now();
         Session {
@@ -562,10 +827,10 @@ impl Session {
             input: Vec::new(),
             output: Vec::new(),
             conn: Conn::new(),
-            head_deadline: None,
+            head_deadline: resume.filter(|r| r.fresh).map(|r| r.deadline),
             read_at: now,
             now,
-            fresh: true,
+            fresh: resume.is_none_or(|r| r.fresh),
         }
     }
 
@@ -597,15 +862,18 @@ impl Session {
                 // may be stale and the read below is then still the idle wait. (A
                 // drain gives an idle connection a grace to send, so a request just
                 // arrived is answered either way.)
-                if !self.wait_readable().await {
-                    return End::Gone;
+                match self.wait_readable().await {
+                    Woke::Readable => {}
+                    Woke::Park => return End::Park,
+                    Woke::Gone => return End::Gone,
                 }
             }
             match self.read_more().await {
                 Ok(true) => {}
                 Ok(false) => return End::Gone,
-                Err(()) if waiting == Waiting::Head => return End::HeadTimeout,
-                Err(()) => return End::Gone,
+                Err(Wait::Park) => return End::Park,
+                Err(Wait::Expired) if waiting == Waiting::Head => return End::HeadTimeout,
+                Err(Wait::Expired) => return End::Gone,
             }
         }
     }
@@ -679,7 +947,9 @@ impl Session {
 
     /// Records in the slot what the connection waits for and until when.
     fn note(&self, state: ConnState, deadline: Instant) {
-        self.reg.worker.note(self.reg.key, state, deadline);
+        self.reg
+            .worker
+            .note(self.reg.key, state, self.now, deadline);
     }
 
     fn expired(&self) -> bool {
@@ -703,40 +973,61 @@ impl Session {
         true
     }
 
-    /// Gives the buffers back to the pool, waits until the socket has bytes (or end of
-    /// file), then takes buffers again. False when the wait failed or the deadline
-    /// passed: the connection is over (with nothing buffered, no head was under way).
-    async fn wait_readable(&mut self) -> bool {
+    /// Gives the buffers back to the pool and waits until the socket has bytes (or end
+    /// of file), then takes buffers again; or until the tick asks it to park. Gone when
+    /// the wait failed or the deadline passed: the connection is over (with nothing
+    /// buffered, no head was under way).
+    async fn wait_readable(&mut self) -> Woke {
         let buffers = &self.reg.worker.buffers;
         buffers.give(take(&mut self.input));
         buffers.give(take(&mut self.output));
         // Relaxed: the epoll driver may then wake on stale readiness; the read that
-        // follows simply waits, holding a buffer this once.
-        if self.stream.readable(true).await.is_err() || self.expired() {
-            return false;
+        // follows is then the wait (and can park as well).
+        let readable = self.stream.readable(true);
+        match unless_parked(&self.reg, readable).await {
+            None => Woke::Park,
+            Some(Ok(())) if !self.expired() => {
+                let buffers = &self.reg.worker.buffers;
+                self.input = buffers.take();
+                self.output = buffers.take();
+                Woke::Readable
+            }
+            Some(_) => Woke::Gone,
         }
-        let buffers = &self.reg.worker.buffers;
-        self.input = buffers.take();
-        self.output = buffers.take();
-        true
+    }
+
+    /// Ends the task and hands the socket to the worker's parking set.
+    fn park(self) {
+        let Session {
+            reg,
+            stream,
+            input,
+            output,
+            ..
+        } = self;
+        reg.worker.buffers.give(input);
+        reg.worker.buffers.give(output);
+        let (worker, key) = reg.release();
+        worker.park(key, stream);
     }
 
     /// Reads more bytes after those buffered: Ok(false) at end of file or on an error,
-    /// Err(()) when the deadline passed.
-    async fn read_more(&mut self) -> Result<bool, ()> {
+    /// Err when the deadline passed or the idle connection is to park.
+    async fn read_more(&mut self) -> Result<bool, Wait> {
         let len = self.input.len();
         if len == self.input.capacity() {
             // Only a partial head fills the buffer (the core rejects one past the limit).
             let max_head = self.reg.worker.limits.max_head_size;
             self.input.reserve(max_head.max(len));
         }
-        let (read, buf) = self
-            .stream
-            .read(take(&mut self.input).slice_mut(len..))
-            .await;
+        let read = self.stream.read(take(&mut self.input).slice_mut(len..));
+        let Some((read, buf)) = unless_parked(&self.reg, read).await else {
+            // Its buffer went with the read; the output goes back to the pool.
+            return Err(Wait::Park);
+        };
         self.input = buf.into_inner();
         if self.expired() {
-            return Err(());
+            return Err(Wait::Expired);
         }
         let Ok(n @ 1..) = read else {
             return Ok(false);
@@ -753,7 +1044,7 @@ impl Session {
     async fn finish(&mut self, end: End) {
         self.reg.worker.buffers.give(take(&mut self.input));
         match end {
-            End::Gone => {}
+            End::Gone | End::Park => {}
             End::Close => {
                 self.reg.worker.buffers.give(take(&mut self.output));
                 self.linger().await;

@@ -28,6 +28,8 @@ pub enum ConnState {
     Writing,
     /// Closing: reading what the client still sends before the socket is closed.
     Lingering,
+    /// Idle so long it gave up its task: only its socket waits (see `crate::parking`).
+    Parked,
 }
 
 impl ConnState {
@@ -38,6 +40,7 @@ impl ConnState {
             ConnState::Idle => "idle between requests (keep-alive)",
             ConnState::Writing => "writing responses",
             ConnState::Lingering => "lingering close",
+            ConnState::Parked => "idle, parked (no task, no buffers)",
         }
     }
 }

@@ -131,6 +131,15 @@ pub struct Config {
     #[arg(long, env = "LEFTPAD_METRICS", default_value = "off", value_parser = parse_metrics_flag)]
     pub metrics: ::std::option::Option<SocketAddr>,
 
+    /// Take over from the leftpad running on the same --listen address (zero-downtime
+    /// restart): join its SO_REUSEPORT group instead of refusing an address in use (also
+    /// on --admin and --metrics), then SIGTERM the old process once this one's startup
+    /// line is out; the old one drains. Both must run as the same user. Best with
+    /// net.ipv4.tcp_migrate_req=1, so the old listeners' queued connections move here.
+    #[arg(long, env = "LEFTPAD_TAKEOVER", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub takeover: bool,
+
     /// Heap profiling: sample on average one allocation per this many bytes allocated
     /// (Go's MemProfileRate), for /debug/pprof/heap and /allocs; 0 turns it off.
     #[arg(long, env = "LEFTPAD_HEAP_PROFILE_RATE", default_value_t = crate::profile::heap::DEFAULT_RATE)]
@@ -289,6 +298,17 @@ mod tests {
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.driver, Driver::Auto);
+        assert!(!c.takeover);
+    }
+
+    #[test]
+    fn takeover_is_a_switch() {
+        assert!(
+            Config::try_parse_from(["leftpad", "--takeover"])
+                .unwrap()
+                .takeover
+        );
+        assert!(Config::try_parse_from(["leftpad", "--takeover=false"]).is_err());
     }
 
     #[test]

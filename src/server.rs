@@ -51,7 +51,7 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
         None => cpus::default_workers(cpus.len()),
     };
     let workers = budget.workers;
-    let listeners = bind_listeners(config.listen, workers)?;
+    let listeners = bind_listeners(config.listen, workers, config.takeover)?;
     let local = listeners[0]
         .local_addr()
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
@@ -69,12 +69,22 @@ fn start_and_wait(config: Config) -> Result<ExitCode, String> {
     // Bound before the workers start, so a taken port stops everything cleanly.
     let admin_listener = config
         .admin
-        .map(|addr| bind_plain(addr, "--admin"))
+        .map(|addr| bind_side(addr, "--admin", config.takeover))
         .transpose()?;
     let metrics_listener = config
         .metrics
-        .map(|addr| bind_plain(addr, "--metrics"))
+        .map(|addr| bind_side(addr, "--metrics", config.takeover))
         .transpose()?;
+    if config.takeover {
+        if let Some(warning) = migration_warning(
+            std::fs::read_to_string(MIGRATE_REQ)
+                .as_deref()
+                .map(str::trim)
+                .ok(),
+        ) {
+            eprintln!("{warning}");
+        }
+    }
 
     let config = Arc::new(config);
     let shared = Arc::new(Shared::default());
@@ -258,18 +268,57 @@ fn wait_for_exit(
     Ok(code)
 }
 
-/// The one startup line: address, workers, driver.
-/// Binds a plain (blocking) listener for `--admin` or `--metrics`.
-fn bind_plain(addr: SocketAddr, flag: &str) -> Result<std::net::TcpListener, String> {
-    std::net::TcpListener::bind(addr).map_err(|e| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            format!("cannot listen on {flag} {addr}: the address is already in use; choose another {flag} or {flag} off")
-        } else {
-            format!("cannot listen on {flag} {addr}: {e}")
-        }
-    })
+/// Whether the kernel moves the connections queued on a closing listener to another
+/// listener of its `SO_REUSEPORT` group (Linux 5.14+), rather than resetting them.
+const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// The line `--takeover` prints when the kernel will not migrate queued connections:
+/// `setting` is the content of [`MIGRATE_REQ`] (None: absent, a kernel before 5.14).
+fn migration_warning(setting: Option<&str>) -> Option<String> {
+    let (now, fix) = match setting {
+        Some("1") => return None,
+        Some(value) => (
+            format!("net.ipv4.tcp_migrate_req is {value}"),
+            "set it with sysctl -w net.ipv4.tcp_migrate_req=1",
+        ),
+        None => (
+            "this kernel has no net.ipv4.tcp_migrate_req".to_owned(),
+            "it needs Linux 5.14+ (sysctl -w net.ipv4.tcp_migrate_req=1)",
+        ),
+    };
+    Some(format!(
+        "leftpad: --takeover: {now}: connections still queued on the old process's listeners \
+         when it closes them can be reset; {fix}"
+    ))
 }
 
+/// Binds the (blocking) listener of `--admin` or `--metrics`, with `SO_REUSEPORT` so that
+/// a `--takeover` process can join it, after a probe without it (as [`bind_listeners`]
+/// does) unless `takeover`.
+fn bind_side(
+    addr: SocketAddr,
+    flag: &str,
+    takeover: bool,
+) -> Result<std::net::TcpListener, String> {
+    let failed = |e: io::Error| {
+        if e.kind() != io::ErrorKind::AddrInUse {
+            format!("cannot listen on {flag} {addr}: {e}")
+        } else if takeover {
+            format!("cannot listen on {flag} {addr}: the address is already in use by a listener that does not share it (SO_REUSEPORT), such as a leftpad before --takeover existed or another user's; choose another {flag} or {flag} off")
+        } else {
+            format!("cannot listen on {flag} {addr}: the address is already in use; choose another {flag} or {flag} off")
+        }
+    };
+    let addr = if takeover {
+        addr
+    } else {
+        let probe = bind(addr, false, Blocking::Yes).map_err(failed)?;
+        probe.local_addr().map_err(failed)?
+    };
+    bind(addr, true, Blocking::Yes).map_err(failed)
+}
+
+/// The one startup line: address, workers, driver.
 fn summary(
     config: &Config,
     local: SocketAddr,
@@ -313,9 +362,15 @@ fn summary(
     if let Some(addr) = metrics {
         admin.push_str(&format!(", metrics http://{addr}/metrics"));
     }
+    // A field of its own: the address is followed by a comma, which scripts split on.
+    let takeover = if config.takeover {
+        "takeover (sharing the port with the server it replaces), "
+    } else {
+        ""
+    };
     format!(
-        "leftpad {}: listening on http://{local}, {} worker(s) ({}) {cpus}, driver {driver}, \
-         {log}, {statsd}, {admin}, max-len {}, max-connections {}",
+        "leftpad {}: listening on http://{local}, {takeover}{} worker(s) ({}) {cpus}, \
+         driver {driver}, {log}, {statsd}, {admin}, max-len {}, max-connections {}",
         env!("CARGO_PKG_VERSION"),
         budget.workers,
         budget.source,
@@ -328,30 +383,56 @@ fn summary(
 ///
 /// A probe bind without `SO_REUSEPORT` first: it fails if anything already listens there,
 /// even another process's reuse-port group, which a plain reuse-port bind would join.
-fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, String> {
+/// With `takeover` there is no probe: joining the running server's group is the point
+/// (the kernel lets a process join only a group whose listeners all set `SO_REUSEPORT`,
+/// under the same user).
+fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    takeover: bool,
+) -> Result<Vec<std::net::TcpListener>, String> {
     let in_use = |e: io::Error| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            format!("cannot listen on {addr}: the address is already in use; stop the other server or choose another --listen")
-        } else {
+        if e.kind() != io::ErrorKind::AddrInUse {
             format!("cannot listen on {addr}: {e}")
+        } else if takeover {
+            format!("cannot listen on {addr}: the address is already in use by a listener that does not share it (SO_REUSEPORT): --takeover joins only a leftpad running as the same user")
+        } else {
+            format!("cannot listen on {addr}: the address is already in use; stop the other server or choose another --listen (or start with --takeover to replace a running leftpad)")
         }
     };
-    let probe = bind(addr, false).map_err(in_use)?;
-    // With port 0 the probe picked the port; every worker must share it.
-    let addr = probe.local_addr().map_err(in_use)?;
-    drop(probe);
-    (0..count)
-        .map(|_| bind(addr, true).map_err(in_use))
-        .collect()
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    if !takeover {
+        let probe = bind(addr, false, Blocking::No).map_err(in_use)?;
+        // With port 0 the probe picked the port; every worker must share it.
+        addr = probe.local_addr().map_err(in_use)?;
+    }
+    for _ in 0..count {
+        let listener = bind(addr, true, Blocking::No).map_err(in_use)?;
+        // Under --takeover with port 0, the first bind picks the port.
+        addr = listener.local_addr().map_err(in_use)?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
-fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blocking {
+    Yes,
+    No,
+}
+
+fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+    blocking: Blocking,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
-    socket.set_nonblocking(true)?;
+    socket.set_nonblocking(blocking == Blocking::No)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -372,5 +453,50 @@ fn raise_fd_limit() {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_warning_says_what_to_set() {
+        assert_eq!(migration_warning(Some("1")), None);
+        let off = migration_warning(Some("0")).unwrap();
+        assert!(
+            off.contains("is 0") && off.contains("can be reset"),
+            "{off}"
+        );
+        assert!(
+            off.contains("sysctl -w net.ipv4.tcp_migrate_req=1"),
+            "{off}"
+        );
+        assert!(!off.contains('\n'));
+        let absent = migration_warning(None).unwrap();
+        assert!(absent.contains("5.14"), "{absent}");
+    }
+
+    #[test]
+    fn takeover_binds_join_and_plain_ones_probe() {
+        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2, false).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let plain = bind_listeners(addr, 1, false).unwrap_err();
+        assert!(plain.contains("already in use"), "{plain}");
+        let joined = bind_listeners(addr, 2, true).unwrap();
+        assert_eq!(joined[1].local_addr().unwrap(), addr);
+
+        let admin = bind_side("127.0.0.1:0".parse().unwrap(), "--admin", false).unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let plain = bind_side(admin_addr, "--admin", false).unwrap_err();
+        assert!(
+            plain.contains("--admin") && plain.contains("already in use"),
+            "{plain}"
+        );
+        bind_side(admin_addr, "--admin", true).unwrap();
+        // A listener that does not share the port cannot be joined.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = bind_side(other.local_addr().unwrap(), "--metrics", true).unwrap_err();
+        assert!(refused.contains("does not share it"), "{refused}");
     }
 }

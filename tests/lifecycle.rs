@@ -16,7 +16,7 @@ fn leftpad(args: &[&str]) -> std::process::Output {
         .expect("run leftpad")
 }
 
-const FLAGS: [&str; 14] = [
+const FLAGS: [&str; 15] = [
     "--listen",
     "--workers",
     "--driver",
@@ -29,6 +29,7 @@ const FLAGS: [&str; 14] = [
     "--idle-timeout",
     "--write-timeout",
     "--shutdown-timeout",
+    "--takeover",
     "--help",
     "--version",
 ];
@@ -46,6 +47,7 @@ fn help_documents_every_flag_with_its_default_and_variable() {
         "[default: 1024]",
         "[default: 10s]",
         "[env: LEFTPAD_MAX_LEN=]",
+        "[env: LEFTPAD_TAKEOVER=]",
     ] {
         assert!(help.contains(text), "--help lacks {text}");
     }

@@ -14,7 +14,8 @@ series = {}
 for r in rows:
     key = f"{r['server']} p{r['pipeline']}"
     series.setdefault(key, []).append((int(r["connections"]), float(r["rps"]), float(r["cpu_us_per_req"])))
-colors = {"leftpad p1": "#d62728", "floor p1": "#1f77b4", "leftpad p16": "#ff9896", "floor p16": "#aec7e8"}
+colors = {"leftpad p1": "#d62728", "floor p1": "#1f77b4", "leftpad p16": "#ff9896", "floor p16": "#aec7e8",
+          "nginx p1": "#2ca02c", "nginx p16": "#98df8a", "go-v2 p1": "#9467bd", "go-v2 p16": "#c5b0d5"}
 conns = sorted({c for s in series.values() for c, _, _ in s})
 
 W, H, M = 480, 300, 80  # one panel (M: room for the y labels)

@@ -1,0 +1,3 @@
+module leftpad/go-v2
+
+go 1.19

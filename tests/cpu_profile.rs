@@ -55,8 +55,11 @@ fn traces(profile: &[u8]) -> Vec<Vec<String>> {
                         _ => line.to_owned(),
                     }
                 })
-                .collect()
+                .collect::<Vec<String>>()
         })
+        // A block without frames (a sample whose stack could not be read, or the
+        // listing's tail) says nothing about where time went.
+        .filter(|trace| !trace.is_empty())
         .collect()
 }
 

@@ -67,8 +67,18 @@ stop_server() {
   fi
 }
 
+# A port nothing listens on, below the kernel's ephemeral range (32768 and up), so the
+# load generator's own connections cannot have taken it meanwhile.
 free_port() {
-  echo $((20000 + RANDOM % 20000))
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 12000))
+    python3 -c 'import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null && { echo "$port"; return 0; }
+  done
+  echo "free_port: no free port found in 20000-31999" >&2
+  return 1
 }
 
 # The commit the figures come from; "-dirty" when code differs from it (results written

@@ -165,7 +165,7 @@ struct ConnSlot {
     fd: RawFd,
     state: ConnState,
     /// When what the connection waits for times out. The tick ends the pending read or
-    /// write past it (see [`Worker::expire`]): a connection task holds no timer of its
+    /// write past it (see [`Worker::sweep`]): a connection task holds no timer of its
     /// own, as monoio's timer entry alone is 640 bytes (SPEC §10).
     deadline: Instant,
     /// The tick found the deadline passed and shut the socket down.
@@ -388,6 +388,13 @@ impl Worker {
             .map(|parking| parking.set.park(stream.as_raw_fd(), key));
         let mut conns = self.conns.borrow_mut();
         let Some(slot) = conns.get_mut(key) else {
+            // Never so (only a registration removes a slot); if it were, the
+            // connection is closed and uncounted as a registration's end does.
+            drop(conns);
+            drop(Registration {
+                worker: self.clone(),
+                key,
+            });
             return;
         };
         let waker = slot.waker.take();
@@ -434,7 +441,7 @@ impl Worker {
         monoio::spawn(serve_connection(reg, stream, Some(resume)));
     }
 
-    /// Whether connection `key`'s deadline passed while it waited (see [`Worker::expire`]).
+    /// Whether connection `key`'s deadline passed while it waited (see [`Worker::sweep`]).
     fn expired(&self, key: usize) -> bool {
         self.conns
             .borrow()

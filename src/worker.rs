@@ -411,11 +411,7 @@ impl Worker {
         let resume = Resume::of(slot);
         drop(conns);
         drop(waker);
-        let reg = Registration {
-            worker: self.clone(),
-            key,
-        };
-        monoio::spawn(serve_connection(reg, stream, Some(resume)));
+        self.resume(key, stream, resume);
     }
 
     /// Gives parked connection `key` a task again: its socket is readable (bytes, end
@@ -434,6 +430,11 @@ impl Worker {
         slot.state = ConnState::Idle;
         let resume = Resume::of(slot);
         drop(conns);
+        self.resume(key, stream, resume);
+    }
+
+    /// Spawns a task for connection `key`, registered again, from where it was.
+    fn resume(self: &Rc<Self>, key: usize, stream: TcpStream, resume: Resume) {
         let reg = Registration {
             worker: self.clone(),
             key,

@@ -14,14 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use leftpad::accesslog::{self, Line, LineTime, LogStats, Target, Writer};
-use leftpad::handler::{App, Handled, Route};
+use leftpad::app::handler::{App, Handled, Route};
+use leftpad::app::{pad, query};
 use leftpad::http::conn::Conn;
+use leftpad::http::json;
 use leftpad::http::request::Limits;
 use leftpad::http::Status;
-use leftpad::statsd::{Metrics, Settings};
-use leftpad::telemetry::{PacketSender, Telemetry};
-use leftpad::{json, leftpad as pad, query};
+use leftpad::telemetry::accesslog::line::write_line;
+use leftpad::telemetry::accesslog::{Line, LineTime, Target, Writer};
+use leftpad::telemetry::counters::WorkerCounters;
+use leftpad::telemetry::recorder::{PacketSender, Recorder};
+use leftpad::telemetry::statsd::{Batcher, Settings};
 
 struct Counting;
 
@@ -123,13 +126,13 @@ fn pure_functions(c: &mut Criterion) {
         max_packet: 1432,
         aggregate: true,
     };
-    let mut metrics = Metrics::new(&settings, 1);
+    let mut batcher = Batcher::new(&settings, 1);
     let handled = Handled {
         route: Route::Leftpad,
         str_chars: Some(4),
     };
     bench(c, "statsd/request_lines", || {
-        metrics.record(
+        batcher.record(
             black_box(Status::OK),
             black_box(handled),
             12,
@@ -150,7 +153,7 @@ fn pure_functions(c: &mut Criterion) {
             status: 200,
             micros: 3,
         };
-        accesslog::write_line(&mut log, &mut time, black_box(1_795_961_531_123), &line);
+        write_line(&mut log, &mut time, black_box(1_795_961_531_123), &line);
     });
 }
 
@@ -166,7 +169,7 @@ fn whole_request(c: &mut Criterion) {
         target.open().unwrap(),
         64 * 1024,
         None,
-        Arc::new(LogStats::default()),
+        WorkerCounters::leak(),
         Arc::new(AtomicBool::new(false)),
     )
     .unwrap();
@@ -178,10 +181,10 @@ fn whole_request(c: &mut Criterion) {
         aggregate: true,
     };
     let dropped: PacketSender = Box::new(|packet| !black_box(packet).is_empty());
-    let mut telemetry = Telemetry::new(
+    let mut recorder = Recorder::new(
         Some(log),
-        Some((Metrics::new(&settings, 1), dropped)),
-        Box::leak(Box::default()),
+        Some((Batcher::new(&settings, 1), dropped)),
+        WorkerCounters::leak(),
     );
     let mut app = App::new(1024);
     let mut conn = Conn::new();
@@ -191,10 +194,10 @@ fn whole_request(c: &mut Criterion) {
 
     let mut run = |input: &[u8]| {
         out.clear();
-        let records = &mut telemetry.records;
+        let records = &mut recorder.records;
         let progress = conn.process(input, &mut out, records, &mut app, &LIMITS, DATE);
         black_box(progress);
-        telemetry.record_batch(input, b"127.0.0.1:54321", Duration::from_micros(3), now);
+        recorder.record_batch(input, b"127.0.0.1:54321", Duration::from_micros(3), now);
     };
     bench(c, "request/whole", || run(black_box(REQUEST)));
     bench(c, "request/pipelined_16", || run(black_box(&pipelined)));

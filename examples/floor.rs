@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use clap::Parser;
-use leftpad::config::{Driver, UringSetup};
-use leftpad::handler::App;
+use leftpad::app::handler::App;
 use leftpad::http::conn::Conn;
 use leftpad::http::date::HttpDate;
 use leftpad::http::request::Limits;
-use leftpad::runtime::Runtime;
+use leftpad::shell::config::{Driver, UringSetup};
+use leftpad::shell::runtime::Runtime;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 

@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-kind=cpu seconds=10 pipeline=1 kernel=auto list='leftpad::worker::connection_loop' outdir=''
+kind=cpu seconds=10 pipeline=1 kernel=auto list='leftpad::shell::worker::connection::Session::answer' outdir=''
 while getopts "t:s:p:k:l:o:" opt; do
   case $opt in
     t) kind=$OPTARG ;; s) seconds=$OPTARG ;; p) pipeline=$OPTARG ;; k) kernel=$OPTARG ;;

@@ -160,7 +160,7 @@ wrk_pid=$!
 pids+=("$wrk_pid")
 load_start=$SECONDS
 
-# One access-log file counted: whole lines (time, url, ip, ua, status, us: SPEC section 3),
+# One access-log file counted: whole lines (time, url, ip, ua, status, us: README.md, "Access log"),
 # lines for /v1/leftpad, whether the file ends in the middle of a line; into FILE.tally,
 # then FILE is deleted (raw logs are scratch; this keeps a long soak's disk use bounded).
 # shellcheck disable=SC2016 # an awk program

@@ -1,37 +1,23 @@
 //! leftpad: a thread-per-core io_uring left-pad HTTP microservice.
 //!
-//! The crate is a sans-I/O core and a thin runtime shell around it:
+//! The crate is a sans-I/O core inside a thin runtime shell, one folder per layer; each
+//! layer imports only the layers below it (ARCHITECTURE.md, "Architecture invariants"):
 //!
-//! - core (pure functions of bytes, no sockets or clocks): [`http`] (framing, parsing,
-//!   responses; generic over the service that answers), [`handler`] (routing and the
-//!   API: that service), [`query`], [`leftpad`], [`json`];
-//! - shell: [`worker`] (one pinned monoio runtime per CPU), [`pool`] (its connection
-//!   buffers, held only while a request is served), [`parking`] (where idle
-//!   connections wait without a task), [`runtime`] (io_uring or epoll), [`server`]
-//!   (startup, signals, shutdown), [`config`] (the command line), [`cpus`] (the
-//!   default worker count, cgroup quota included);
-//! - observability: [`accesslog`], [`statsd`], [`telemetry`] (per worker), [`stats`]
-//!   (counters), [`prometheus`] (`/metrics`), [`profile`] (pprof profiles) and [`admin`]
-//!   (the admin listener that serves them and `/debug/vars`, on its own thread).
+//! - [`shell`]: everything that owns a socket, a thread or a clock: startup and signals,
+//!   the command line, one pinned worker per CPU with its connections, and the admin
+//!   listener;
+//! - [`telemetry`]: what a worker makes of each answer: access-log lines, StatsD lines
+//!   and counters, and the pages that show the counters (`/metrics`, `/debug/vars`);
+//! - [`app`]: routing and the left-pad API, the [`http`] core's service;
+//! - [`http`]: HTTP/1.1 framing, parsing and responses, pure functions of bytes;
+//! - [`profile`]: Go-compatible profiles, below everything it observes.
 //!
-//! See ARCHITECTURE.md for the path of a request and the invariants.
+//! A request flows down and back up once: bytes in (shell) → request (http) → handler
+//! (app) → response bytes and records (http) → log line, metric lines, counters
+//! (telemetry).
 
-pub mod accesslog;
-pub mod admin;
-pub mod config;
-pub mod cpus;
-pub mod handler;
+pub mod app;
 pub mod http;
-pub mod json;
-pub mod leftpad;
-pub mod parking;
-pub mod pool;
 pub mod profile;
-pub mod prometheus;
-pub mod query;
-pub mod runtime;
-pub mod server;
-pub mod stats;
-pub mod statsd;
+pub mod shell;
 pub mod telemetry;
-pub mod worker;

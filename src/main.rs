@@ -4,8 +4,9 @@ use clap::Parser;
 
 /// mimalloc, counting allocations per thread for `/debug/vars`.
 #[global_allocator]
-static GLOBAL: leftpad::stats::CountingAllocator = leftpad::stats::CountingAllocator;
+static GLOBAL: leftpad::telemetry::allocator::CountingAllocator =
+    leftpad::telemetry::allocator::CountingAllocator;
 
 fn main() -> ExitCode {
-    leftpad::server::run(leftpad::config::Config::parse())
+    leftpad::shell::server::run(leftpad::shell::config::Config::parse())
 }

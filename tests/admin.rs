@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §5): pprof profiles read by the real `go tool pprof`, flame
+//! The admin listener (README.md, "Profiling and live counters"): pprof profiles read by the real `go tool pprof`, flame
 //! graphs, one profile at a time, `/debug/vars`, and nothing of it on the public port.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §2) through a real HTTP client, on both I/O drivers.
+//! The HTTP API (README.md, "The API") through a real HTTP client, on both I/O drivers.
 
 mod common;
 

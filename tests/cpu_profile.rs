@@ -1,4 +1,4 @@
-//! CPU profiles that see the whole CPU (SPEC §5): samples cover the process's user and
+//! CPU profiles that see the whole CPU (README.md, "Profiling and live counters"): samples cover the process's user and
 //! system time, system calls sit under the Rust code that made them, and the kernel's own
 //! frames appear below them where the kernel permits it. Read by the real `go tool pprof`.
 
@@ -223,19 +223,21 @@ fn without_kernel_frames_every_sample_is_kept_and_syscalls_sit_under_their_calle
     }
     // The log writer's write(2): libc's wrapper is the leaf, the writer's code above it.
     let writes = traces.iter().find(|t| {
-        t[0].contains("libc_write") && t.iter().any(|f| f.contains("leftpad::accesslog"))
+        t[0].contains("libc_write")
+            && t.iter()
+                .any(|f| f.contains("leftpad::telemetry::accesslog"))
     });
     assert!(
         writes.is_some(),
-        "no trace with libc's write under leftpad::accesslog:\n{traces:#?}"
+        "no trace with libc's write under leftpad::telemetry::accesslog:\n{traces:#?}"
     );
     // The StatsD datagram: libc's send, under the metrics code.
-    let sends = traces
-        .iter()
-        .find(|t| t[0].contains("libc_send") && t.iter().any(|f| f.contains("leftpad::statsd")));
+    let sends = traces.iter().find(|t| {
+        t[0].contains("libc_send") && t.iter().any(|f| f.contains("leftpad::telemetry::statsd"))
+    });
     assert!(
         sends.is_some(),
-        "no trace with libc's send under leftpad::statsd:\n{traces:#?}"
+        "no trace with libc's send under leftpad::telemetry::statsd:\n{traces:#?}"
     );
     // The worker's io_uring_enter: libc's syscall(), directly under the io_uring crate.
     let enters = traces

@@ -1,4 +1,4 @@
-//! Faults survived (SPEC §10), each made real: the server's file descriptors run out.
+//! Faults survived (README.md, "Limits, timeouts and security"), each made real: the server's file descriptors run out.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! `/debug/pprof/goroutine` and `/debug/pprof/block`, `/mutex` (SPEC §5): connection tasks
+//! `/debug/pprof/goroutine` and `/debug/pprof/block`, `/mutex` (README.md, "Profiling and live counters"): connection tasks
 //! by what they wait for, and where threads waited, read by the real `go tool pprof`.
 
 mod common;
@@ -98,17 +98,17 @@ fn the_workers_never_wait_on_a_lock_under_load() {
     // The log writer waits in write(2), off the request path: that is what shows.
     let traces = go_pprof(&block.body, &["-traces"]);
     assert!(
-        traces.contains("leftpad::accesslog"),
+        traces.contains("leftpad::telemetry::accesslog"),
         "the writer's writes:\n{traces}"
     );
     // No worker waited on anything: no stack passes through the worker's code.
     assert!(
-        !traces.contains("leftpad::worker::"),
+        !traces.contains("leftpad::shell::worker::"),
         "a worker waited:\n{traces}"
     );
     let mutex_traces = go_pprof(&mutex.body, &["-traces"]);
     assert!(
-        !mutex_traces.contains("leftpad::worker::"),
+        !mutex_traces.contains("leftpad::shell::worker::"),
         "{mutex_traces}"
     );
 }

@@ -1,4 +1,4 @@
-//! The heap sampler's estimates (SPEC §5): this test binary runs on the real counting
+//! The heap sampler's estimates (README.md, "Profiling and live counters"): this test binary runs on the real counting
 //! allocator, so its own allocations are sampled exactly as the server's are.
 //!
 //! Statistics: an allocation of `s` bytes is sampled with probability
@@ -13,7 +13,8 @@ use leftpad::profile::stacks::Counted;
 use leftpad::profile::symbols;
 
 #[global_allocator]
-static GLOBAL: leftpad::stats::CountingAllocator = leftpad::stats::CountingAllocator;
+static GLOBAL: leftpad::telemetry::allocator::CountingAllocator =
+    leftpad::telemetry::allocator::CountingAllocator;
 
 /// The samples whose stack passes through a function named `function`.
 fn samples_through(function: &str) -> Vec<Counted> {

@@ -1,4 +1,4 @@
-//! Command line and lifecycle (SPEC §6): flags, environment, errors, startup summary,
+//! Command line and lifecycle (README.md, "Command line"): flags, environment, errors, startup summary,
 //! graceful shutdown.
 
 mod common;
@@ -224,7 +224,7 @@ impl Drop for CpuCgroup {
     }
 }
 
-/// In a container limited to one CPU, the default is one worker (SPEC §9), and the
+/// In a container limited to one CPU, the default is one worker (README.md, "Deploying"), and the
 /// startup line says why. Runs the binary inside a real cgroup v1 with a 1-CPU quota.
 #[test]
 fn a_cpu_quota_sets_the_default_worker_count() {
@@ -264,7 +264,7 @@ fn a_cpu_quota_sets_the_default_worker_count() {
 
 /// From SIGTERM on, a health check on a connection still open answers 503 (load
 /// balancers stop sending), while the API still answers requests on it until the drain
-/// ends (SPEC §9).
+/// ends (README.md, "Deploying").
 #[test]
 fn health_checks_fail_during_the_drain_while_requests_are_served() {
     let mut server = Server::start(&["--shutdown-timeout", "5s"]);

@@ -1,4 +1,4 @@
-//! The rest of Go's `net/http/pprof` (SPEC §5): heap and allocation profiles read by the
+//! The rest of Go's `net/http/pprof` (README.md, "Profiling and live counters"): heap and allocation profiles read by the
 //! real `go tool pprof`, the zero-allocation claim seen in them, `cmdline` and `symbol`.
 
 mod common;
@@ -50,7 +50,7 @@ fn heap_and_allocs_have_gos_sample_types_and_defaults() {
         assert!(objects.contains("leftpad::"), "{objects}");
         let listed = go_pprof(
             &response.body,
-            &["-list", "leftpad::server::start_and_wait"],
+            &["-list", "leftpad::shell::server::start_and_wait"],
         );
         assert!(listed.contains("ROUTINE"), "{listed}");
     }
@@ -134,7 +134,7 @@ fn symbol_lookup_speaks_gos_protocol() {
 
     let heap = admin_get(admin, "/debug/pprof/heap");
     let raw = go_pprof(&heap.body, &["-raw"]);
-    // Locations: "     7: 0x55d0c0f1a2b3 M=1 leftpad::server::run src/server.rs:41 s=0".
+    // Locations: "     7: 0x55d0c0f1a2b3 M=1 leftpad::shell::server::run src/server.rs:41 s=0".
     let (address, function) = raw
         .lines()
         .skip_while(|line| !line.starts_with("Locations"))

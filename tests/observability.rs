@@ -1,4 +1,4 @@
-//! Access log (SPEC §3) and StatsD metrics (SPEC §4) against the real binary: log files
+//! Access log and StatsD metrics (README.md, "Access log" and "Metrics (StatsD)") against the real binary: log files
 //! and rotation, a raw UDP capture, and the real Etsy StatsD daemon (npm `statsd`).
 
 mod common;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{exchange, get, read_response, Server};
+use common::{admin_get, exchange, get, read_response, Server};
 
 fn temp_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("leftpad-test-{}-{name}", std::process::id()));
@@ -377,7 +377,7 @@ fn statsd_sampling_batching_and_packet_bound() {
 }
 
 /// The StatsD server is down, then starts: metrics arrive again without a restart
-/// (SPEC §10). Sends to the dead port fail and are counted; the socket stays usable.
+/// (README.md, "Metrics (StatsD)"). Sends to the dead port fail and are counted; the socket stays usable.
 #[test]
 fn statsd_resumes_when_its_server_starts() {
     let free = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -501,7 +501,39 @@ impl StatsdDaemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        daemon.wait_for_udp(start);
         daemon
+    }
+
+    /// Waits until the daemon counts what reaches its UDP port: its management port can
+    /// be up before its UDP socket is bound, and a datagram sent to a port nobody holds
+    /// yet is refused, which the server counts as a send error and the test as a lost
+    /// count. A probe counter that shows up proves the socket bound and read.
+    fn wait_for_udp(&self, start: Instant) {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        loop {
+            let _ = probe.send_to(b"test.probe:1|c", ("127.0.0.1", self.udp_port));
+            if inspected_number(&self.admin("counters"), "test.probe").is_some() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "StatsD never counted a datagram sent to its UDP port"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Datagrams the kernel dropped for the daemon's socket (its receive buffer was full
+    /// while the daemon did not read): the `drops` column of /proc/net/udp.
+    fn kernel_drops(&self) -> u64 {
+        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+        let local = format!("0100007F:{:04X}", self.udp_port);
+        table
+            .lines()
+            .filter(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Runs a management command (`counters`, `timers`) and returns its answer.
@@ -566,6 +598,12 @@ fn timer_values(text: &str, name: &str) -> usize {
 
 /// The Etsy daemon's counters and timers after `n` leftpad requests to a server with
 /// `args` (two workers; SIGTERM flushes everything before the figures are read).
+///
+/// The counts are exact, not merely likely: the daemon's UDP socket is known to be read
+/// before the first request (`wait_for_udp`), the requests go one at a time (a datagram
+/// every dozen requests or so, far below what the daemon reads), the server's own count
+/// of failed sends is checked to be 0, and so is the kernel's count of datagrams dropped
+/// for the daemon's socket; a count that still differs is a bug, not noise.
 fn through_the_daemon(args: &[&str], n: usize) -> (String, String) {
     let daemon = StatsdDaemon::start();
     let target = format!("127.0.0.1:{}", daemon.udp_port);
@@ -580,6 +618,13 @@ fn through_the_daemon(args: &[&str], n: usize) -> (String, String) {
     }
     let mut more = [0u8; 1];
     let _ = (&mut s).take(0).read(&mut more);
+    let admin = server.admin.expect("the test server has an admin listener");
+    let vars: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/debug/vars").text()).unwrap();
+    assert_eq!(
+        vars["total"]["statsd"]["send_errors"], 0,
+        "the server failed to send StatsD datagrams: {vars}"
+    );
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
 
@@ -596,6 +641,11 @@ fn through_the_daemon(args: &[&str], n: usize) -> (String, String) {
         inspected_number(&counters, "statsd.bad_lines_seen"),
         Some(0.0),
         "{counters}"
+    );
+    assert_eq!(
+        daemon.kernel_drops(),
+        0,
+        "the kernel dropped datagrams for the daemon's socket"
     );
     (counters, daemon.admin("timers"))
 }

@@ -1,4 +1,4 @@
-//! Prometheus `/metrics` (SPEC §8): `promtool check metrics` finds nothing, and a real
+//! Prometheus `/metrics` (README.md, "Metrics (Prometheus)"): `promtool check metrics` finds nothing, and a real
 //! Prometheus server scraping the server counts exactly the requests sent.
 
 mod common;

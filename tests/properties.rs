@@ -1,9 +1,9 @@
 //! Property tests of the pure core: for any input, not just the examples in unit tests.
 
-use leftpad::handler::App;
+use leftpad::app::handler::App;
+use leftpad::app::{pad, query};
 use leftpad::http::conn::{Conn, Waiting};
 use leftpad::http::request::Limits;
-use leftpad::{leftpad as pad, query};
 use proptest::prelude::*;
 
 const LIMITS: Limits = Limits {

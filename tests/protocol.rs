@@ -1,4 +1,4 @@
-//! HTTP/1.1 behaviour over raw TCP (SPEC §2): pipelining, keep-alive, framing, limits,
+//! HTTP/1.1 behaviour over raw TCP (README.md, "Limits, timeouts and security" and "Behaviour choices"): pipelining, keep-alive, framing, limits,
 //! timeouts and hostile input, on both I/O drivers where it matters.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Zero-downtime restart (SPEC §9, issue 14 point 6): a second process started with
+//! Zero-downtime restart (README.md, "Deploying"): a second process started with
 //! `--takeover` joins the running server's `SO_REUSEPORT` group, the first is sent SIGTERM
 //! and drains, and clients under load see no failed request.
 

@@ -1,4 +1,4 @@
-//! Many idle connections (SPEC §10): an idle keep-alive connection parks (no task, no
+//! Many idle connections (ARCHITECTURE.md, "Idle connections: no buffer, then no task"): an idle keep-alive connection parks (no task, no
 //! buffers), still answers when it speaks, still times out, still drains; and thousands
 //! of them cost under a kibibyte each.
 
@@ -139,7 +139,7 @@ fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// SPEC §10's figure, with a wide margin for the allocator's granularity: 15,000 idle
+/// The bound README.md states (1 KiB per idle connection), with a wide margin for the allocator's granularity: 15,000 idle
 /// keep-alive connections (each sent a request, read the answer and went quiet) grow
 /// the server's resident set by under 1 KiB each (about 0.6 KiB measured here).
 #[test]

@@ -1,4 +1,4 @@
-//! The steady-state request path allocates nothing (SPEC §1): request bytes in, through
+//! The steady-state request path allocates nothing (ARCHITECTURE.md, "Invariants"): request bytes in, through
 //! parsing, routing and the handler, to response bytes out, an access-log line (shipped
 //! to a real writer thread and file) and StatsD lines (sent over a real UDP socket).
 //!
@@ -13,12 +13,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leftpad::accesslog::{LogStats, Target, Writer};
-use leftpad::handler::App;
+use leftpad::app::handler::App;
 use leftpad::http::conn::{Conn, Waiting};
 use leftpad::http::request::Limits;
-use leftpad::statsd::{Client, Metrics, Settings};
-use leftpad::telemetry::Telemetry;
+use leftpad::telemetry::accesslog::{Target, Writer};
+use leftpad::telemetry::counters::WorkerCounters;
+use leftpad::telemetry::recorder::Recorder;
+use leftpad::telemetry::statsd::{Batcher, Client, Settings};
 
 struct Counting;
 
@@ -107,7 +108,7 @@ const CLOSING: [&str; 5] = [
 struct RequestPath {
     app: App,
     out: Vec<u8>,
-    telemetry: Telemetry,
+    recorder: Recorder,
 }
 
 impl RequestPath {
@@ -115,10 +116,10 @@ impl RequestPath {
     fn answer(&mut self, conn: &mut Conn, input: &[u8]) -> u32 {
         self.out.clear();
         let start = Instant::now();
-        let records = &mut self.telemetry.records;
+        let records = &mut self.recorder.records;
         let progress = conn.process(input, &mut self.out, records, &mut self.app, &LIMITS, DATE);
         assert_eq!(progress.consumed, input.len());
-        self.telemetry
+        self.recorder
             .record_batch(input, b"127.0.0.1:40000", start.elapsed(), Instant::now());
         progress.answered
     }
@@ -141,7 +142,6 @@ fn request_path_does_not_allocate(aggregate: bool) {
     ));
     let _ = std::fs::remove_file(&log_path);
     let target = Target::File(log_path.clone());
-    let log_stats = Arc::new(LogStats::default());
     // A 16 KiB threshold: each counted chunk below (10 rounds, ~20 KB of lines) ships a
     // buffer, yet fits one buffer's 64 KiB capacity even if the writer thread gets no
     // CPU during the chunk and still holds every other buffer (as on a loaded machine:
@@ -151,7 +151,7 @@ fn request_path_does_not_allocate(aggregate: bool) {
         target.open().unwrap(),
         16 * 1024,
         None,
-        log_stats.clone(),
+        WorkerCounters::leak(),
         Arc::new(AtomicBool::new(false)),
     )
     .unwrap();
@@ -167,7 +167,7 @@ fn request_path_does_not_allocate(aggregate: bool) {
         max_packet: 1432,
         aggregate,
     };
-    let metrics = Metrics::new(&settings, 42);
+    let batcher = Batcher::new(&settings, 42);
     let client = Client::connect(settings.addr).unwrap();
     let received = std::thread::spawn(move || {
         let (mut packets, mut buf) = (0u64, [0u8; 2048]);
@@ -180,10 +180,10 @@ fn request_path_does_not_allocate(aggregate: bool) {
     let mut path = RequestPath {
         app: App::new(1024),
         out: Vec::new(),
-        telemetry: Telemetry::new(
+        recorder: Recorder::new(
             Some(log),
-            Some((metrics, Box::new(move |p: &[u8]| client.send(p)))),
-            Box::leak(Box::default()),
+            Some((batcher, Box::new(move |p: &[u8]| client.send(p)))),
+            WorkerCounters::leak(),
         ),
     };
     let batch = keep_alive_batch();
@@ -216,9 +216,9 @@ fn request_path_does_not_allocate(aggregate: bool) {
                 round(&mut path, &mut conn);
             }
             // A StatsD flush interval ends: aggregated counters and lines go out too.
-            path.telemetry.tick(Instant::now(), false, true);
+            path.recorder.tick(Instant::now(), false, true);
         });
-        let log = path.telemetry.log.as_mut().unwrap();
+        let log = path.recorder.log.as_mut().unwrap();
         log.ship_all();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -229,9 +229,9 @@ fn request_path_does_not_allocate(aggregate: bool) {
     );
 
     // The path really logged and counted: every line reaches the file, packets the socket.
-    let (metrics, _) = path.telemetry.metrics.take().unwrap();
-    assert!(metrics.stats.packets > 100, "{:?}", metrics.stats);
-    drop(path.telemetry.finish());
+    let (batcher, _) = path.recorder.statsd.take().unwrap();
+    assert!(batcher.tally().packets > 100, "{:?}", batcher.tally());
+    drop(path.recorder.finish());
     writer.join();
     let logged = std::fs::read_to_string(&log_path).unwrap();
     let _ = std::fs::remove_file(&log_path);

@@ -3,7 +3,7 @@
 //! same stream fed whole must give the same output (framing does not depend on reads).
 #![no_main]
 
-use leftpad::handler::App;
+use leftpad::app::handler::App;
 use leftpad::http::conn::{Conn, Waiting};
 use leftpad::http::request::Limits;
 use libfuzzer_sys::fuzz_target;

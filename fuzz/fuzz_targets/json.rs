@@ -2,7 +2,7 @@
 //! input, and `escaped_len` agrees with what is written.
 #![no_main]
 
-use leftpad::json::{escaped_len, write_escaped};
+use leftpad::http::json::{escaped_len, write_escaped};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

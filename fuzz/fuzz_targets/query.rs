@@ -1,7 +1,7 @@
 //! Query decoding on arbitrary text: never panics; what it accepts obeys the limits.
 #![no_main]
 
-use leftpad::query::{parse, Scratch};
+use leftpad::app::query::{parse, Scratch};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod date;
+pub mod json;
 pub mod request;
 pub mod response;
 

@@ -1,4 +1,4 @@
-//! One request head: parsed with `httparse`, then checked for framing (SPEC §2).
+//! One request head: parsed with `httparse`, then checked for framing (README.md, "Limits, timeouts and security").
 //!
 //! Everything here is a pure function of the bytes: no I/O, no clock, no allocation
 //! (the header array lives on the stack and is never initialised beyond what httparse

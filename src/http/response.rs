@@ -3,8 +3,9 @@
 //! The body length is always known before the head is written, so every response carries
 //! an exact `Content-Length` and nothing is ever buffered twice.
 
+use crate::http::json;
+
 use super::Status;
-use crate::json;
 
 /// What the `Connection` header says, decided by the connection state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

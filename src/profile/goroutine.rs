@@ -15,59 +15,35 @@ use std::time::{Duration, SystemTime};
 
 use super::pprof::{Builder, Frame};
 
-/// What a connection task waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ConnState {
-    /// Reading a request head (a new connection, or the rest of a partial head).
-    Head,
-    /// Reading (and discarding) a request body.
-    Body,
-    /// Between requests on a keep-alive connection.
-    Idle,
-    /// Writing responses to the client.
-    Writing,
-    /// Closing: reading what the client still sends before the socket is closed.
-    Lingering,
-    /// Idle so long it gave up its task: only its socket waits (see `crate::parking`).
-    Parked,
-}
-
-impl ConnState {
-    pub fn describe(self) -> &'static str {
-        match self {
-            ConnState::Head => "waiting for a request head",
-            ConnState::Body => "reading a request body",
-            ConnState::Idle => "idle between requests (keep-alive)",
-            ConnState::Writing => "writing responses",
-            ConnState::Lingering => "lingering close",
-            ConnState::Parked => "idle, parked (no task, no buffers)",
-        }
-    }
-}
-
-/// One connection, as the worker sees it.
+/// One connection task, as its worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnInfo {
+pub struct TaskInfo {
     pub peer: SocketAddr,
-    pub state: ConnState,
+    /// Its state in the worker's connection table (`Idle`, `Head`, ...).
+    pub state: &'static str,
+    /// What it waits for, in words (the profile's leaf frame).
+    pub waits_for: &'static str,
     pub age: Duration,
     pub requests: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
 
-/// A worker's connections at one moment.
+/// A worker's connection tasks at one moment.
 #[derive(Clone, Debug, Default)]
-pub struct WorkerConns {
+pub struct WorkerTasks {
     pub draining: bool,
-    pub conns: Vec<ConnInfo>,
+    /// The address of the function that runs a connection task, named in every stack
+    /// by the symbolizer (as Go names a goroutine's start function).
+    pub entry: u64,
+    pub tasks: Vec<TaskInfo>,
 }
 
 /// How the admin thread asks a worker for its connection table.
 #[derive(Default)]
 pub struct Mailbox {
     wanted: AtomicBool,
-    reply: Mutex<Option<WorkerConns>>,
+    reply: Mutex<Option<WorkerTasks>>,
     answered: Condvar,
 }
 
@@ -79,7 +55,7 @@ impl Mailbox {
 
     /// On the worker: hands over the copy. `try_lock`: a worker never waits for the
     /// admin thread; if the lock is held, the copy is offered again next tick.
-    pub fn answer(&self, conns: WorkerConns) {
+    pub fn answer(&self, conns: WorkerTasks) {
         if let Ok(mut reply) = self.reply.try_lock() {
             *reply = Some(conns);
             self.wanted.store(false, Ordering::Relaxed);
@@ -88,7 +64,7 @@ impl Mailbox {
     }
 
     /// On the admin thread: asks and waits (bounded) for the answer.
-    pub fn ask(&self, limit: Duration) -> Option<WorkerConns> {
+    pub fn ask(&self, limit: Duration) -> Option<WorkerTasks> {
         let reply = self.reply.lock().ok()?;
         let mut reply = reply;
         *reply = None;
@@ -102,7 +78,7 @@ impl Mailbox {
 }
 
 /// Every worker's connections (`None` for a worker that did not answer in time).
-pub fn collect(mailboxes: &[std::sync::Arc<Mailbox>]) -> Vec<Option<WorkerConns>> {
+pub fn collect(mailboxes: &[std::sync::Arc<Mailbox>]) -> Vec<Option<WorkerTasks>> {
     mailboxes
         .iter()
         .map(|m| m.ask(Duration::from_secs(2)))
@@ -110,9 +86,9 @@ pub fn collect(mailboxes: &[std::sync::Arc<Mailbox>]) -> Vec<Option<WorkerConns>
 }
 
 /// The pprof profile: one sample per (worker, state), valued by its connection count,
-/// with the stack `state ← worker N ← leftpad::worker::serve_connection`, so that
-/// `go tool pprof -top` lists the states and `-traces` the workers.
-pub fn pprof(workers: &[Option<WorkerConns>]) -> std::io::Result<Vec<u8>> {
+/// with the stack `state ← worker N ← the task's entry function`, so that `go tool
+/// pprof -top` lists the states and `-traces` the workers.
+pub fn pprof(workers: &[Option<WorkerTasks>]) -> std::io::Result<Vec<u8>> {
     let mut builder = Builder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
     builder.time(SystemTime::now(), Duration::ZERO);
     builder.comment("connection tasks of every worker, by what each waits for");
@@ -122,12 +98,12 @@ pub fn pprof(workers: &[Option<WorkerConns>]) -> std::io::Result<Vec<u8>> {
             continue;
         };
         let mut counts = std::collections::BTreeMap::new();
-        for conn in &worker.conns {
-            *counts.entry(conn.state).or_insert(0i64) += 1;
+        for task in &worker.tasks {
+            *counts.entry(task.waits_for).or_insert(0i64) += 1;
         }
         let worker_name = format!("worker {id}");
         for (state, count) in counts {
-            let mut leaf = state.describe().to_owned();
+            let mut leaf = state.to_owned();
             if worker.draining {
                 leaf.push_str(" (draining)");
             }
@@ -140,15 +116,12 @@ pub fn pprof(workers: &[Option<WorkerConns>]) -> std::io::Result<Vec<u8>> {
                     name: worker_name.clone(),
                     file: "",
                 },
-                Frame::Named {
-                    name: "leftpad::worker::serve_connection".into(),
-                    file: "src/worker.rs",
+                Frame::Code {
+                    address: worker.entry,
+                    is_return: false,
                 },
             ];
-            let labels = [
-                ("worker", worker_name.as_str()),
-                ("state", state.describe()),
-            ];
+            let labels = [("worker", worker_name.as_str()), ("state", state)];
             builder.add_sample(&stack, &[count], &labels);
         }
     }
@@ -156,8 +129,8 @@ pub fn pprof(workers: &[Option<WorkerConns>]) -> std::io::Result<Vec<u8>> {
 }
 
 /// `?debug=1`: per worker the counts by state, then one line per connection.
-pub fn text(workers: &[Option<WorkerConns>]) -> String {
-    let total: usize = workers.iter().flatten().map(|w| w.conns.len()).sum();
+pub fn text(workers: &[Option<WorkerTasks>]) -> String {
+    let total: usize = workers.iter().flatten().map(|w| w.tasks.len()).sum();
     let mut out = format!("connection tasks: total {total}\n");
     for (id, worker) in workers.iter().enumerate() {
         let Some(worker) = worker else {
@@ -165,28 +138,28 @@ pub fn text(workers: &[Option<WorkerConns>]) -> String {
             continue;
         };
         let mut counts = std::collections::BTreeMap::new();
-        for conn in &worker.conns {
-            *counts.entry(conn.state).or_insert(0) += 1;
+        for task in &worker.tasks {
+            *counts.entry(task.waits_for).or_insert(0) += 1;
         }
         let summary: Vec<String> = counts
             .iter()
-            .map(|(state, n)| format!("{n} {}", state.describe()))
+            .map(|(state, n)| format!("{n} {state}"))
             .collect();
         let draining = if worker.draining { ", draining" } else { "" };
         out.push_str(&format!(
             "\nworker {id}: {} connection(s){draining}: {}\n",
-            worker.conns.len(),
+            worker.tasks.len(),
             summary.join(", ")
         ));
-        for conn in &worker.conns {
+        for task in &worker.tasks {
             out.push_str(&format!(
-                "  peer {}  state {:?}  age {:.1}s  requests {}  bytes in {} out {}\n",
-                conn.peer,
-                conn.state,
-                conn.age.as_secs_f64(),
-                conn.requests,
-                conn.bytes_in,
-                conn.bytes_out
+                "  peer {}  state {}  age {:.1}s  requests {}  bytes in {} out {}\n",
+                task.peer,
+                task.state,
+                task.age.as_secs_f64(),
+                task.requests,
+                task.bytes_in,
+                task.bytes_out
             ));
         }
     }
@@ -197,10 +170,14 @@ pub fn text(workers: &[Option<WorkerConns>]) -> String {
 mod tests {
     use super::*;
 
-    fn conn(state: ConnState, requests: u64) -> ConnInfo {
-        ConnInfo {
+    const HEAD: &str = "waiting for a request head";
+    const IDLE: &str = "idle between requests (keep-alive)";
+
+    fn conn(waits_for: &'static str, requests: u64) -> TaskInfo {
+        TaskInfo {
             peer: "127.0.0.1:4000".parse().unwrap(),
-            state,
+            state: if waits_for == IDLE { "Idle" } else { "Other" },
+            waits_for,
             age: Duration::from_millis(1500),
             requests,
             bytes_in: 10,
@@ -211,20 +188,17 @@ mod tests {
     #[test]
     fn text_counts_states_and_lists_connections() {
         let workers = [
-            Some(WorkerConns {
+            Some(WorkerTasks {
                 draining: false,
-                conns: vec![
-                    conn(ConnState::Idle, 3),
-                    conn(ConnState::Idle, 1),
-                    conn(ConnState::Head, 0),
-                ],
+                entry: 0,
+                tasks: vec![conn(IDLE, 3), conn(IDLE, 1), conn(HEAD, 0)],
             }),
             None,
         ];
         let text = text(&workers);
         assert!(text.starts_with("connection tasks: total 3\n"), "{text}");
         assert!(
-            text.contains("worker 0: 3 connection(s): 1 waiting for a request head, 2 idle between requests (keep-alive)"),
+            text.contains("worker 0: 3 connection(s): 2 idle between requests (keep-alive), 1 waiting for a request head"),
             "{text}"
         );
         assert!(text
@@ -242,9 +216,10 @@ mod tests {
             let mut answered = false;
             for _ in 0..2000 {
                 if worker.wanted() {
-                    worker.answer(WorkerConns {
+                    worker.answer(WorkerTasks {
                         draining: true,
-                        conns: vec![conn(ConnState::Writing, 7)],
+                        entry: 0,
+                        tasks: vec![conn("writing responses", 7)],
                     });
                     answered = true;
                 } else if answered {
@@ -257,7 +232,7 @@ mod tests {
         let reply = mailbox.ask(Duration::from_secs(20)).expect("an answer");
         assert!(answering.join().unwrap());
         assert!(reply.draining);
-        assert_eq!(reply.conns, [conn(ConnState::Writing, 7)]);
+        assert_eq!(reply.tasks, [conn("writing responses", 7)]);
         assert!(!mailbox.wanted());
     }
 }

@@ -405,7 +405,7 @@ mod tests {
         for name in [
             "__rustc::__rust_alloc",
             "__rust_realloc",
-            "<leftpad::stats::CountingAllocator as core::alloc::global::GlobalAlloc>::alloc",
+            "<leftpad::telemetry::allocator::CountingAllocator as core::alloc::global::GlobalAlloc>::alloc",
             "alloc::alloc::Global::alloc_impl",
         ] {
             assert!(is_allocator(name), "{name}");
@@ -413,7 +413,7 @@ mod tests {
         for name in [
             "std::sys::backtrace::__rust_begin_short_backtrace",
             "alloc::raw_vec::RawVecInner<A>::grow_amortized",
-            "leftpad::accesslog::Writer::run",
+            "leftpad::telemetry::accesslog::Writer::run",
         ] {
             assert!(!is_allocator(name), "{name}");
         }

@@ -5,12 +5,12 @@
 
 use std::fmt::Write;
 
+use crate::app::{pad, query};
 use crate::http::conn::Service;
+use crate::http::json::{self, EscapedChar};
 use crate::http::request::{Method, Request};
 use crate::http::response::{Response, JSON, TEXT};
 use crate::http::Status;
-use crate::json::{self, EscapedChar};
-use crate::{leftpad, query};
 
 const ALLOW: &[u8] = b"Allow: GET, HEAD\r\n";
 const NOT_FOUND: &str =
@@ -139,7 +139,7 @@ impl App {
                 const CLOSE: &[u8] = b"\"}\n";
                 let pad = EscapedChar::new(params.chr);
                 let str_chars = params.str.chars().count();
-                let count = leftpad::pad_count_for(str_chars, params.len);
+                let count = pad::pad_count_for(str_chars, params.len);
                 let body_len = OPEN.len()
                     + pad.as_bytes().len() * count
                     + json::escaped_len(params.str)

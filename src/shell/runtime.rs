@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 
-use crate::config::{Driver, UringSetup};
+use crate::shell::config::{Driver, UringSetup};
 
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 type EpollRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>;

@@ -1,7 +1,7 @@
-//! A worker's observability: after each batch of answers, one access-log line and the
-//! StatsD lines per answered request.
+//! A worker's recorder: after each batch of answers, one access-log line, the StatsD
+//! lines and the counters of each answered request.
 //!
-//! The worker calls [`Telemetry::record_batch`] with the records [`Conn::process`] made,
+//! The worker calls [`Recorder::record_batch`] with the records [`Conn::process`] made,
 //! the input they point into, the peer and the batch's handling time. Handling time is
 //! measured per batch (from the read that brought the bytes to the end of processing), so
 //! requests pipelined in one read share it and the clock is read twice per read, not per
@@ -11,38 +11,38 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::accesslog::{AccessLog, Line, LineTime};
-use crate::handler::Handled;
+use crate::app::handler::Handled;
 use crate::http::conn::Record;
-use crate::stats::WorkerStats;
-use crate::statsd::Metrics;
+use crate::telemetry::accesslog::{AccessLog, Line, LineTime};
+use crate::telemetry::counters::{Scalar, WorkerCounters};
+use crate::telemetry::statsd::Batcher;
 
 /// Sends one StatsD datagram; false if it could not be sent. Called once per packet
 /// (~30 lines), so the indirection costs nothing per request; benchmarks plug in a no-op.
 pub type PacketSender = Box<dyn FnMut(&[u8]) -> bool>;
 
-pub struct Telemetry {
+pub struct Recorder {
     pub log: Option<AccessLog>,
-    pub metrics: Option<(Metrics, PacketSender)>,
+    pub statsd: Option<(Batcher, PacketSender)>,
     /// Filled by `Conn::process`, emptied by `record_batch`; reused.
     pub records: Vec<Record<Handled>>,
-    /// The worker's counters for `/debug/vars`.
-    stats: &'static WorkerStats,
+    /// The worker's counters.
+    counters: &'static WorkerCounters,
     time: LineTime,
     clock: WallClock,
 }
 
-impl Telemetry {
+impl Recorder {
     pub fn new(
         log: Option<AccessLog>,
-        metrics: Option<(Metrics, PacketSender)>,
-        stats: &'static WorkerStats,
-    ) -> Telemetry {
-        Telemetry {
+        statsd: Option<(Batcher, PacketSender)>,
+        counters: &'static WorkerCounters,
+    ) -> Recorder {
+        Recorder {
             log,
-            metrics,
+            statsd,
             records: Vec::with_capacity(64),
-            stats,
+            counters,
             time: LineTime::default(),
             clock: WallClock::new(),
         }
@@ -52,10 +52,9 @@ impl Telemetry {
     pub fn record_batch(&mut self, input: &[u8], peer: &[u8], handling: Duration, now: Instant) {
         let micros = handling.as_micros() as u64;
         let unix_ms = self.clock.unix_ms(now);
-        self.stats.requests.add(self.records.len() as u64);
+        self.counters[Scalar::Requests].add(self.records.len() as u64);
         for record in &self.records {
-            self.stats.response(record.status.0);
-            self.stats
+            self.counters
                 .answered(record.outcome.route, record.status.0, micros);
             if let Some(log) = &mut self.log {
                 let line = Line {
@@ -67,8 +66,8 @@ impl Telemetry {
                 };
                 log.append(&mut self.time, unix_ms, &line);
             }
-            if let Some((metrics, send)) = &mut self.metrics {
-                metrics.record(record.status, record.outcome, micros, send);
+            if let Some((batcher, send)) = &mut self.statsd {
+                batcher.record(record.status, record.outcome, micros, send);
             }
         }
         self.records.clear();
@@ -77,42 +76,43 @@ impl Telemetry {
                 log.ship();
             }
         }
-        self.publish_metric_stats();
+        self.publish_statsd_tally();
     }
 
-    fn publish_metric_stats(&self) {
-        if let Some((metrics, _)) = &self.metrics {
-            self.stats.statsd_lines.set(metrics.stats.lines);
-            self.stats.statsd_packets.set(metrics.stats.packets);
-            self.stats.statsd_send_errors.set(metrics.stats.send_errors);
+    fn publish_statsd_tally(&self) {
+        if let Some((batcher, _)) = &self.statsd {
+            let tally = batcher.tally();
+            self.counters[Scalar::StatsdLines].set(tally.lines);
+            self.counters[Scalar::StatsdPackets].set(tally.packets);
+            self.counters[Scalar::StatsdSendErrors].set(tally.send_errors);
         }
     }
 
     /// The periodic part: re-reads the wall clock, and writes out log lines and metrics
     /// when their flush intervals say so.
-    pub fn tick(&mut self, now: Instant, flush_log: bool, flush_metrics: bool) {
+    pub fn tick(&mut self, now: Instant, flush_log: bool, flush_statsd: bool) {
         self.clock = WallClock::new_at(now);
         if let Some(log) = &mut self.log {
             if flush_log || log.reopen_pending() {
                 log.ship();
             }
         }
-        if flush_metrics {
-            self.flush_metrics();
+        if flush_statsd {
+            self.flush_statsd();
         }
     }
 
-    pub fn flush_metrics(&mut self) {
-        if let Some((metrics, send)) = &mut self.metrics {
-            metrics.flush(send);
+    pub fn flush_statsd(&mut self) {
+        if let Some((batcher, send)) = &mut self.statsd {
+            batcher.flush(send);
         }
-        self.publish_metric_stats();
+        self.publish_statsd_tally();
     }
 
     /// Everything out, waiting for the log writer if need be (shutdown). The log's
     /// writer thread finishes once the returned log is dropped.
     pub fn finish(&mut self) -> Option<AccessLog> {
-        self.flush_metrics();
+        self.flush_statsd();
         let mut log = self.log.take();
         if let Some(log) = &mut log {
             log.ship_all();

@@ -16,20 +16,20 @@
 //! routes them and writes the answers.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::accesslog::LogStats;
 use crate::http::date::HttpDate;
 use crate::http::request::{self, Limits, Method, Parsed, Request};
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
 use crate::profile::goroutine::{self, Mailbox};
 use crate::profile::{block, cpu, heap, stacks, symbols};
-use crate::prometheus;
-use crate::stats::{WorkerStats, OTHER_ALLOCATED_BYTES, OTHER_ALLOCATIONS};
+use crate::telemetry::allocator::OTHER_THREADS;
+use crate::telemetry::counters::WorkerCounters;
+use crate::telemetry::{prometheus, vars};
 
 const MAX_SECONDS: u64 = 300;
 /// Admin connections served at once; more get a 503.
@@ -40,28 +40,25 @@ const MAX_BODY: u64 = 1 << 20;
 
 /// What the admin pages read: the workers' counters and how the process started.
 pub struct AdminState {
-    pub workers: Vec<&'static WorkerStats>,
-    /// Per worker, when the access log is on.
-    pub logs: Vec<Arc<LogStats>>,
-    pub drivers: Vec<String>,
+    workers: Vec<&'static WorkerCounters>,
+    drivers: Vec<String>,
     /// Per worker, where to ask for its connection table.
     connections: Vec<Arc<Mailbox>>,
-    pub started: Instant,
+    started: Instant,
     profiling: AtomicBool,
     clients: AtomicUsize,
 }
 
 impl AdminState {
     pub fn new(
-        workers: Vec<&'static WorkerStats>,
-        logs: Vec<Arc<LogStats>>,
+        workers: Vec<&'static WorkerCounters>,
         drivers: Vec<String>,
+        connections: Vec<Arc<Mailbox>>,
     ) -> AdminState {
         AdminState {
             workers,
-            logs,
             drivers,
-            connections: Vec::new(),
+            connections,
             started: Instant::now(),
             profiling: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
@@ -69,15 +66,6 @@ impl AdminState {
     }
 }
 
-impl AdminState {
-    /// The workers' mailboxes for `/debug/pprof/goroutine`.
-    pub fn with_connections(mut self, mailboxes: Vec<Arc<Mailbox>>) -> AdminState {
-        self.connections = mailboxes;
-        self
-    }
-}
-
-/// Serves `listener` on a thread of its own, one short-lived thread per client.
 /// Which pages a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pages {
@@ -87,6 +75,7 @@ pub enum Pages {
     MetricsOnly,
 }
 
+/// Serves `listener` on a thread of its own, one short-lived thread per client.
 pub fn start(listener: TcpListener, state: Arc<AdminState>, pages: Pages) -> io::Result<()> {
     std::thread::Builder::new()
         .name("leftpad-admin".into())
@@ -118,7 +107,7 @@ pub fn start(listener: TcpListener, state: Arc<AdminState>, pages: Pages) -> io:
                 let spawned = std::thread::Builder::new()
                     .name("leftpad-admin-client".into())
                     .spawn(move || {
-                        serve_client(stream, &state, pages);
+                        answer_client(stream, &state, pages);
                         state.clients.fetch_sub(1, Ordering::Relaxed);
                     });
                 if spawned.is_err() {
@@ -141,7 +130,7 @@ impl Page {
     fn error(status: Status, message: &str) -> Page {
         let mut body = Vec::new();
         body.extend_from_slice(b"{\"error\":\"");
-        crate::json::write_escaped(&mut body, message);
+        crate::http::json::write_escaped(&mut body, message);
         body.extend_from_slice(b"\"}\n");
         Page {
             status,
@@ -170,7 +159,7 @@ fn write_page(stream: &mut TcpStream, head_only: bool, page: Page) -> io::Result
     stream.write_all(&out)
 }
 
-fn serve_client(mut stream: TcpStream, state: &AdminState, pages: Pages) {
+fn answer_client(mut stream: TcpStream, state: &AdminState, pages: Pages) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let limits = Limits {
         max_head_size: 8192,
@@ -256,13 +245,9 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
             extra_headers: b"",
             body: prometheus::render(&prometheus::Scrape {
                 workers: &state.workers,
-                logs: &state.logs,
+                other_threads: &OTHER_THREADS,
                 drivers: &state.drivers,
                 process: prometheus::Process::read(),
-                other_heap: (
-                    OTHER_ALLOCATIONS.load(Ordering::Relaxed),
-                    OTHER_ALLOCATED_BYTES.load(Ordering::Relaxed),
-                ),
             })
             .into_bytes(),
         },
@@ -270,7 +255,14 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
             status: Status::OK,
             content_type: crate::http::response::JSON,
             extra_headers: b"",
-            body: vars(state).into_bytes(),
+            body: vars::render(&vars::Page {
+                workers: &state.workers,
+                drivers: &state.drivers,
+                other_threads: &OTHER_THREADS,
+                uptime_seconds: state.started.elapsed().as_secs_f64(),
+                profiling: state.profiling.load(Ordering::Relaxed),
+            })
+            .into_bytes(),
         },
         _ => Page::error(
             Status::NOT_FOUND,
@@ -461,145 +453,6 @@ fn cpu_page(query: &str, state: &AdminState, format: cpu::Format) -> Page {
     }
 }
 
-/// `/debug/vars`: per worker and total counters, as JSON.
-fn vars(state: &AdminState) -> String {
-    let workers: Vec<Vars> = state
-        .workers
-        .iter()
-        .enumerate()
-        .map(|(i, w)| Vars::of(w, state.logs.get(i).map(|l| &**l)))
-        .collect();
-    let mut total = Vars::default();
-    for w in &workers {
-        total.add(w);
-    }
-    let each: Vec<String> = workers
-        .iter()
-        .zip(&state.drivers)
-        .enumerate()
-        .map(|(i, (w, driver))| {
-            format!(
-                "{{\"worker\":{i},\"driver\":{},{}}}",
-                json_string(driver),
-                w.json()
-            )
-        })
-        .collect();
-    format!(
-        "{{\"uptime_seconds\":{:.3},\"profiling\":{},\"total\":{{{},\"other_threads_heap\":{{\"allocations\":{},\"bytes\":{}}}}},\"workers\":[{}]}}\n",
-        state.started.elapsed().as_secs_f64(),
-        state.profiling.load(Ordering::Relaxed),
-        total.json(),
-        OTHER_ALLOCATIONS.load(Ordering::Relaxed),
-        OTHER_ALLOCATED_BYTES.load(Ordering::Relaxed),
-        each.join(","),
-    )
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = b"\"".to_vec();
-    crate::json::write_escaped(&mut out, text);
-    out.push(b'"');
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Names of the `/debug/vars` counters, grouped as they appear in the JSON.
-const GROUPS: [(&str, &[&str]); 7] = [
-    ("requests", &["total"]),
-    ("responses", &["1xx", "2xx", "3xx", "4xx", "5xx"]),
-    ("connections", &["open", "accepted"]),
-    ("bytes", &["in", "out"]),
-    (
-        "access_log",
-        &["lines", "bytes_written", "write_errors", "dropped"],
-    ),
-    ("statsd", &["lines", "packets", "send_errors"]),
-    ("heap", &["allocations", "bytes"]),
-];
-
-const FIELDS: usize = {
-    let (mut n, mut i) = (0, 0);
-    while i < GROUPS.len() {
-        n += GROUPS[i].1.len();
-        i += 1;
-    }
-    n
-};
-
-/// A snapshot of one worker's counters (or their sum), in the order of [`GROUPS`].
-#[derive(Default)]
-struct Vars {
-    values: [u64; FIELDS],
-}
-
-impl Vars {
-    fn of(w: &WorkerStats, log: Option<&LogStats>) -> Vars {
-        let log = |field: fn(&LogStats) -> &std::sync::atomic::AtomicU64| {
-            log.map_or(0, |l| field(l).load(Ordering::Relaxed))
-        };
-        Vars {
-            values: [
-                w.requests.get(),
-                w.responses[0].get(),
-                w.responses[1].get(),
-                w.responses[2].get(),
-                w.responses[3].get(),
-                w.responses[4].get(),
-                w.connections_open.get(),
-                w.connections_accepted.get(),
-                w.bytes_in.get(),
-                w.bytes_out.get(),
-                log(|l| &l.lines),
-                log(|l| &l.bytes_written),
-                log(|l| &l.write_errors),
-                log(|l| &l.dropped),
-                w.statsd_lines.get(),
-                w.statsd_packets.get(),
-                w.statsd_send_errors.get(),
-                w.allocations.count.get(),
-                w.allocations.bytes.get(),
-            ],
-        }
-    }
-
-    fn add(&mut self, other: &Vars) {
-        for (a, b) in self.values.iter_mut().zip(other.values) {
-            *a += b;
-        }
-    }
-
-    /// `"requests":{"total":1},"responses":{...},...` (no outer braces).
-    fn json(&self) -> String {
-        let mut values = self.values.iter();
-        let groups: Vec<String> = GROUPS
-            .iter()
-            .map(|(group, names)| {
-                let fields: Vec<String> = names
-                    .iter()
-                    .map(|name| format!("\"{name}\":{}", values.next().copied().unwrap_or(0)))
-                    .collect();
-                format!("\"{group}\":{{{}}}", fields.join(","))
-            })
-            .collect();
-        groups.join(",")
-    }
-}
-
-/// The admin address from `--admin`, or `None` for `off`.
-pub fn parse_flag(text: &str) -> Result<Option<SocketAddr>, String> {
-    use std::net::ToSocketAddrs;
-    if text == "off" {
-        return Ok(None);
-    }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .map(Some)
-        .ok_or_else(|| {
-            format!("cannot use '{text}': expected HOST:PORT such as 127.0.0.1:6060, or off")
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,29 +472,5 @@ mod tests {
         ] {
             assert!(seconds(bad).unwrap_err().contains("from 1 to 300"), "{bad}");
         }
-    }
-
-    #[test]
-    fn vars_json_sums_workers() {
-        let a: &'static WorkerStats = Box::leak(Box::default());
-        let b: &'static WorkerStats = Box::leak(Box::default());
-        a.requests.add(2);
-        b.requests.add(3);
-        b.response(404);
-        let state = AdminState::new(
-            vec![a, b],
-            Vec::new(),
-            vec!["io_uring".into(), "epoll".into()],
-        );
-        let json = vars(&state);
-        assert!(json.contains("\"total\":{\"requests\":{\"total\":5},\"responses\":{\"1xx\":0,\"2xx\":0,\"3xx\":0,\"4xx\":1,\"5xx\":0}"), "{json}");
-        assert!(
-            json.contains("{\"worker\":1,\"driver\":\"epoll\",\"requests\":{\"total\":3}"),
-            "{json}"
-        );
-        assert_eq!(
-            GROUPS.iter().map(|(_, n)| n.len()).sum::<usize>(),
-            Vars::default().values.len()
-        );
     }
 }

@@ -1,5 +1,5 @@
 //! The `/v1/leftpad` query string: `application/x-www-form-urlencoded` decoding and the
-//! `str` / `len` / `chr` parameter rules of SPEC §2.
+//! `str` / `len` / `chr` parameter rules of README.md, "The API".
 //!
 //! Decoding writes into a [`Scratch`] the caller keeps and reuses, so parsing a query
 //! allocates nothing once the scratch buffers have grown to the largest query seen (which

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::accesslog::Target;
 use crate::http::request::{Limits, MAX_HEADERS_CAP};
-use crate::statsd;
+use crate::telemetry::accesslog::Target;
+use crate::telemetry::statsd;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -122,7 +122,7 @@ pub struct Config {
 
     /// Admin listener for /debug/pprof/ profiles and /debug/vars (HOST:PORT), or `off`.
     /// Keep it on loopback: profiles are not for the public.
-    #[arg(long, env = "LEFTPAD_ADMIN", default_value = "127.0.0.1:6060", value_parser = crate::admin::parse_flag)]
+    #[arg(long, env = "LEFTPAD_ADMIN", default_value = "127.0.0.1:6060", value_parser = parse_admin_flag)]
     pub admin: ::std::option::Option<SocketAddr>,
 
     /// Serve Prometheus /metrics alone on this address (HOST:PORT), for a scraper on
@@ -263,11 +263,27 @@ pub enum OnOff {
     Off,
 }
 
+/// `--admin`: an address, or `off`.
+fn parse_admin_flag(text: &str) -> Result<Option<SocketAddr>, String> {
+    parse_optional_addr(text, "127.0.0.1:6060")
+}
+
 /// `--metrics`: an address, or `off`.
 fn parse_metrics_flag(text: &str) -> Result<Option<SocketAddr>, String> {
-    crate::admin::parse_flag(text).map_err(|_| {
-        format!("cannot use '{text}': expected HOST:PORT such as 0.0.0.0:9090, or off")
-    })
+    parse_optional_addr(text, "0.0.0.0:9090")
+}
+
+/// A listener's address (`HOST:PORT`, resolved), or `None` for `off`; `example` goes in
+/// the message for anything else.
+fn parse_optional_addr(text: &str, example: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(Some)
+        .ok_or_else(|| format!("cannot use '{text}': expected HOST:PORT such as {example}, or off"))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! JSON string escaping, byte-for-byte like Go's `encoding/json` default encoder.
 //!
 //! The service promises the same bodies as the Go original, so the rules are Go's
-//! (with `SetEscapeHTML(true)`, the default), as fixed by SPEC §2:
+//! (with `SetEscapeHTML(true)`, the default), as README.md, "The API", fixes it:
 //! `"` and `\` are backslash-escaped; `\n`, `\r`, `\t` use short escapes; every other
 //! control character is `\u00xx` (lower-case hex, as Go writes it); `<`, `>`, `&` are
 //! `\u003c`, `\u003e`, `\u0026`; U+2028 and U+2029 are `\u2028` and `\u2029`; all else,

@@ -1,27 +1,24 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4).
 //!
-//! Every figure comes from the workers' single-writer slots ([`crate::stats`]) and the log
+//! Every figure comes from the workers' single-writer slots ([`crate::telemetry::counters`]) and the log
 //! writers' counters, summed here at scrape time: nothing is shared or contended on the
 //! request path. Names and units follow Prometheus' conventions (`_total` counters,
 //! `_seconds`, `_bytes`); the process metrics are the standard `process_*` set, read
 //! from /proc. [`render`] is pure: it turns a [`Scrape`] into text.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 
-use crate::accesslog::LogStats;
-use crate::handler::Route;
-use crate::stats::{Counter, WorkerStats, BUCKETS_MICROS, CODES};
+use crate::app::handler::Route;
+use crate::telemetry::counters::{Scalar, WorkerCounters, BUCKETS_MICROS, CODES};
 
 /// What one scrape reads.
 pub struct Scrape<'a> {
-    pub workers: &'a [&'a WorkerStats],
-    pub logs: &'a [std::sync::Arc<LogStats>],
+    pub workers: &'a [&'a WorkerCounters],
+    /// The heap counters of the threads without a slot of their own.
+    pub other_threads: &'a WorkerCounters,
     /// The I/O driver of each worker (`io_uring`, `epoll`), for `leftpad_build_info`.
     pub drivers: &'a [String],
     pub process: Process,
-    /// Heap allocations by threads without a slot of their own.
-    pub other_heap: (u64, u64),
 }
 
 /// The standard process metrics.
@@ -89,15 +86,9 @@ fn stat_fields(stat: &str) -> Vec<&str> {
     fields
 }
 
-fn sum(workers: &[&WorkerStats], field: impl Fn(&WorkerStats) -> &Counter) -> u64 {
-    workers.iter().map(|w| field(w).get()).sum()
-}
-
-fn log_sum(
-    logs: &[std::sync::Arc<LogStats>],
-    field: impl Fn(&LogStats) -> &std::sync::atomic::AtomicU64,
-) -> u64 {
-    logs.iter().map(|l| field(l).load(Ordering::Relaxed)).sum()
+/// The sum of one counter over the workers' slots.
+fn sum(workers: &[&WorkerCounters], field: impl Fn(&WorkerCounters) -> u64) -> u64 {
+    workers.iter().map(|w| field(w)).sum()
 }
 
 /// Writes a metric family: its HELP and TYPE lines, then its samples (`labels` without
@@ -130,88 +121,13 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     let mut out = String::with_capacity(8192);
     requests(&mut out, workers);
     duration(&mut out, workers);
-    let counters: [(&str, &str, &str, u64); 6] = [
-        (
-            "leftpad_connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            sum(workers, |w| &w.connections_accepted),
-        ),
-        (
-            "leftpad_connections_open",
-            "gauge",
-            "Connections open now.",
-            sum(workers, |w| &w.connections_open),
-        ),
-        (
-            "leftpad_http_received_bytes_total",
-            "counter",
-            "Bytes read from clients.",
-            sum(workers, |w| &w.bytes_in),
-        ),
-        (
-            "leftpad_http_sent_bytes_total",
-            "counter",
-            "Bytes written to clients.",
-            sum(workers, |w| &w.bytes_out),
-        ),
-        (
-            "leftpad_statsd_packets_total",
-            "counter",
-            "StatsD datagrams sent.",
-            sum(workers, |w| &w.statsd_packets),
-        ),
-        (
-            "leftpad_statsd_send_errors_total",
-            "counter",
-            "StatsD datagrams that could not be sent (counted, dropped).",
-            sum(workers, |w| &w.statsd_send_errors),
-        ),
-    ];
-    for (name, kind, help, value) in counters {
-        family(&mut out, name, kind, help, &one(value));
+    for scalar in Scalar::ALL {
+        let Some(f) = scalar.declared().family else {
+            continue;
+        };
+        let value = sum(workers, |w| w[scalar].get()) + scrape.other_threads[scalar].get();
+        family(&mut out, f.name, f.kind, f.help, &one(value));
     }
-    let logs = scrape.logs;
-    let log_counters: [(&str, &str, u64); 4] = [
-        (
-            "leftpad_access_log_lines_total",
-            "Access-log lines written.",
-            log_sum(logs, |l| &l.lines),
-        ),
-        (
-            "leftpad_access_log_written_bytes_total",
-            "Access-log bytes written.",
-            log_sum(logs, |l| &l.bytes_written),
-        ),
-        (
-            "leftpad_access_log_write_errors_total",
-            "Access-log writes that failed (disk full, closed pipe).",
-            log_sum(logs, |l| &l.write_errors),
-        ),
-        (
-            "leftpad_access_log_dropped_lines_total",
-            "Access-log lines dropped because the writer fell behind.",
-            log_sum(logs, |l| &l.dropped),
-        ),
-    ];
-    for (name, help, value) in log_counters {
-        family(&mut out, name, "counter", help, &one(value));
-    }
-    let (other_count, other_bytes) = scrape.other_heap;
-    family(
-        &mut out,
-        "leftpad_heap_allocations_total",
-        "counter",
-        "Heap allocations (the counting allocator).",
-        &one(sum(workers, |w| &w.allocations.count) + other_count),
-    );
-    family(
-        &mut out,
-        "leftpad_heap_allocated_bytes_total",
-        "counter",
-        "Bytes allocated on the heap.",
-        &one(sum(workers, |w| &w.allocations.bytes) + other_bytes),
-    );
     let driver = scrape
         .drivers
         .first()
@@ -232,14 +148,11 @@ pub fn render(scrape: &Scrape<'_>) -> String {
     out
 }
 
-fn requests(out: &mut String, workers: &[&WorkerStats]) {
+fn requests(out: &mut String, workers: &[&WorkerCounters]) {
     let mut samples = Vec::new();
     for route in Route::ALL {
         for (index, code) in CODES.iter().enumerate() {
-            let count: u64 = workers
-                .iter()
-                .map(|w| w.answers[route as usize][index].get())
-                .sum();
+            let count = sum(workers, |w| w.answers[route as usize][index].get());
             // Every route has its 200 (and its leftpad 400) listed even at zero, so rates
             // and ratios have series from the start; other pairs appear once they occur.
             if count > 0 || *code == 200 {
@@ -259,7 +172,7 @@ fn requests(out: &mut String, workers: &[&WorkerStats]) {
     );
 }
 
-fn duration(out: &mut String, workers: &[&WorkerStats]) {
+fn duration(out: &mut String, workers: &[&WorkerCounters]) {
     let name = "leftpad_http_request_duration_seconds";
     let _ = writeln!(
         out,
@@ -268,16 +181,16 @@ fn duration(out: &mut String, workers: &[&WorkerStats]) {
     let _ = writeln!(out, "# TYPE {name} histogram");
     let mut cumulative = 0;
     for (index, bound) in BUCKETS_MICROS.iter().enumerate() {
-        cumulative += sum(workers, |w| &w.duration.counts[index]);
+        cumulative += sum(workers, |w| w.duration.counts[index].get());
         let _ = writeln!(
             out,
             "{name}_bucket{{le=\"{}\"}} {cumulative}",
             float(*bound as f64 / 1e6)
         );
     }
-    cumulative += sum(workers, |w| &w.duration.counts[BUCKETS_MICROS.len()]);
+    cumulative += sum(workers, |w| w.duration.counts[BUCKETS_MICROS.len()].get());
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let seconds = sum(workers, |w| &w.duration.sum_micros) as f64 / 1e6;
+    let seconds = sum(workers, |w| w.duration.sum_micros.get()) as f64 / 1e6;
     let _ = writeln!(out, "{name}_sum {}", float(seconds));
     let _ = writeln!(out, "{name}_count {cumulative}");
 }
@@ -341,17 +254,16 @@ mod tests {
 
     #[test]
     fn the_exposition_sums_workers_and_cumulates_buckets() {
-        let a: &'static WorkerStats = Box::leak(Box::default());
-        let b: &'static WorkerStats = Box::leak(Box::default());
+        let a = WorkerCounters::leak();
+        let b = WorkerCounters::leak();
         a.answered(Route::Leftpad, 200, 3);
         b.answered(Route::Leftpad, 200, 7);
         b.answered(Route::Other, 404, 2_000_000);
         let text = render(&Scrape {
             workers: &[a, b],
-            logs: &[],
+            other_threads: &WorkerCounters::new(),
             drivers: &["io_uring (single_issuer+defer_taskrun)".into()],
             process: Process::default(),
-            other_heap: (0, 0),
         });
         assert!(
             text.contains("leftpad_http_requests_total{route=\"leftpad\",code=\"200\"} 2\n"),

@@ -3,7 +3,7 @@
 //! A keep-alive connection between requests waits for readability without a buffer (as
 //! nginx does); it takes an input and an output buffer from its worker's pool when bytes
 //! arrive and gives them back once the answer is written. Memory then follows the
-//! connections being served at one moment, not the connections open (SPEC §10).
+//! connections being served at one moment, not the connections open (ARCHITECTURE.md, "Idle connections: no buffer, then no task").
 //!
 //! A buffer that grew (a large head, a pipelined batch of long answers) comes back
 //! grown and is reused as it is, so a busy connection does not grow a fresh buffer on
@@ -16,9 +16,9 @@ use std::cell::{Cell, RefCell};
 
 /// The largest buffer kept for reuse: an output that passed the core's high-water mark
 /// by one answer fits.
-pub const MAX_POOLED: usize = 256 * 1024;
+pub(super) const MAX_POOLED: usize = 256 * 1024;
 
-pub struct BufferPool {
+pub(super) struct BufferPool {
     free: RefCell<Vec<Vec<u8>>>,
     free_bytes: Cell<usize>,
     /// The capacity of a new buffer (and the least a pooled one has).
@@ -30,7 +30,7 @@ impl BufferPool {
     /// A pool of buffers of at least `size` bytes that keeps at most `keep_bytes` of them
     /// free. Room for the most buffers that can be kept is reserved now, so giving one
     /// back never allocates.
-    pub fn new(size: usize, keep_bytes: usize) -> BufferPool {
+    pub(super) fn new(size: usize, keep_bytes: usize) -> BufferPool {
         BufferPool {
             free: RefCell::new(Vec::with_capacity(keep_bytes / size)),
             free_bytes: Cell::new(0),
@@ -40,7 +40,7 @@ impl BufferPool {
     }
 
     /// An empty buffer of at least the pool's size: a free one, or a new one.
-    pub fn take(&self) -> Vec<u8> {
+    pub(super) fn take(&self) -> Vec<u8> {
         match self.free.borrow_mut().pop() {
             Some(buf) => {
                 self.free_bytes.set(self.free_bytes.get() - buf.capacity());
@@ -52,7 +52,7 @@ impl BufferPool {
 
     /// Gives `buf` back. One that did not come from a pool (smaller than its size, such
     /// as an empty `Vec`), one over [`MAX_POOLED`], and any past the bound are freed.
-    pub fn give(&self, mut buf: Vec<u8>) {
+    pub(super) fn give(&self, mut buf: Vec<u8>) {
         let capacity = buf.capacity();
         let mut free = self.free.borrow_mut();
         let fits = self.free_bytes.get() + capacity <= self.keep_bytes;
@@ -64,7 +64,8 @@ impl BufferPool {
     }
 
     /// Free buffers held now, and their bytes.
-    pub fn free(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(super) fn free(&self) -> (usize, usize) {
         (self.free.borrow().len(), self.free_bytes.get())
     }
 }

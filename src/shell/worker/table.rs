@@ -1,0 +1,234 @@
+//! The connection table: one slot per open connection of a worker (its fd, what it
+//! waits for and until when, its totals), and the registration that keeps a task's
+//! slot for as long as the task lives.
+//!
+//! The table is the worker's own (one thread, a `RefCell`): tasks note their state in
+//! it, the tick enforces its deadlines and the goroutine profile reads a copy of it
+//! (both in the worker's tick).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::telemetry::counters::Scalar;
+
+use super::Worker;
+
+/// What a connection waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum ConnState {
+    /// Reading a request head (a new connection, or the rest of a partial head).
+    Head,
+    /// Reading (and discarding) a request body.
+    Body,
+    /// Between requests on a keep-alive connection.
+    Idle,
+    /// Writing responses to the client.
+    Writing,
+    /// Closing: reading what the client still sends before the socket is closed.
+    Lingering,
+    /// Idle so long it gave up its task: only its socket waits (see [`super::parking`]).
+    Parked,
+}
+
+impl ConnState {
+    /// The state's name, as `/debug/pprof/goroutine?debug=1` lists it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ConnState::Head => "Head",
+            ConnState::Body => "Body",
+            ConnState::Idle => "Idle",
+            ConnState::Writing => "Writing",
+            ConnState::Lingering => "Lingering",
+            ConnState::Parked => "Parked",
+        }
+    }
+
+    /// What a connection in this state waits for, in words.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            ConnState::Head => "waiting for a request head",
+            ConnState::Body => "reading a request body",
+            ConnState::Idle => "idle between requests (keep-alive)",
+            ConnState::Writing => "writing responses",
+            ConnState::Lingering => "lingering close",
+            ConnState::Parked => "idle, parked (no task, no buffers)",
+        }
+    }
+}
+
+/// One open connection.
+pub(super) struct ConnSlot {
+    pub(super) fd: RawFd,
+    pub(super) state: ConnState,
+    /// When what the connection waits for times out. The tick ends the pending read or
+    /// write past it (see the worker's sweep): a connection task holds no timer of its
+    /// own, as monoio's timer entry alone is 640 bytes (ARCHITECTURE.md, "Idle
+    /// connections").
+    pub(super) deadline: Instant,
+    /// The tick found the deadline passed and shut the socket down.
+    pub(super) expired: bool,
+    /// When the state was last noted (how long an idle connection has been idle).
+    pub(super) noted: Instant,
+    /// The tick asked this idle connection to park (see the worker's sweep).
+    pub(super) park_requested: bool,
+    /// Wakes the connection's task while it waits for readability, to park it.
+    pub(super) waker: Option<Waker>,
+    /// The socket of a parked connection, which has no task.
+    pub(super) parked_socket: Option<TcpStream>,
+    pub(super) peer: SocketAddr,
+    /// The peer as the access log writes it, formatted once (here, not in the task,
+    /// keeps the task of an idle connection in a smaller allocation class).
+    pub(super) peer_text: PeerText,
+    pub(super) since: Instant,
+    pub(super) requests: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+}
+
+impl ConnSlot {
+    /// The slot of a connection accepted `now`, which owes its first head by `deadline`.
+    pub(super) fn new(fd: RawFd, peer: SocketAddr, now: Instant, deadline: Instant) -> ConnSlot {
+        ConnSlot {
+            fd,
+            state: ConnState::Idle,
+            deadline,
+            expired: false,
+            noted: now,
+            park_requested: false,
+            waker: None,
+            parked_socket: None,
+            peer,
+            peer_text: PeerText::new(peer),
+            since: now,
+            requests: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+}
+
+/// A peer address as the access log writes it (`ip:port`), formatted once per connection.
+pub(super) struct PeerText {
+    text: [u8; 64],
+    len: usize,
+}
+
+impl PeerText {
+    pub(super) fn new(peer: SocketAddr) -> PeerText {
+        let mut text = [0u8; 64];
+        let mut cursor = &mut text[..];
+        // The longest socket address text (IPv6 with scope id and port) fits in 64 bytes.
+        let _ = write!(cursor, "{peer}");
+        let len = 64 - cursor.len();
+        PeerText { text, len }
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+}
+
+/// A connection's place in its worker: removed, and the process count lowered, on drop.
+pub(super) struct Registration {
+    pub(super) worker: Rc<Worker>,
+    pub(super) key: usize,
+}
+
+impl Registration {
+    /// Ends the registration without removing the connection: it is parked, and its
+    /// slot stays (a task it gets later registers again).
+    pub(super) fn release(self) -> (Rc<Worker>, usize) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped (ManuallyDrop) nor used after this read, so the
+        // `Rc` is moved out exactly once and its count stays right.
+        let worker = unsafe { std::ptr::read(&this.worker) };
+        (worker, this.key)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // The slot (and the waker it may hold) is dropped after the table's borrow ends.
+        let slot = self.worker.conns.borrow_mut().try_remove(self.key);
+        drop(slot);
+        self.worker
+            .shared
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        self.worker.counters[Scalar::ConnectionsOpen].sub(1);
+    }
+}
+
+impl Worker {
+    /// Whether the tick asked connection `key` to park; if not, `waker` is kept for it
+    /// to ask. Called while the connection waits for readability.
+    pub(super) fn park_requested(&self, key: usize, waker: &Waker) -> bool {
+        let mut conns = self.conns.borrow_mut();
+        let Some(slot) = conns.get_mut(key) else {
+            return false;
+        };
+        if slot.park_requested {
+            return true;
+        }
+        if !slot
+            .waker
+            .as_ref()
+            .is_some_and(|kept| kept.will_wake(waker))
+        {
+            slot.waker = Some(waker.clone());
+        }
+        false
+    }
+
+    /// Whether connection `key`'s deadline passed while it waited (see the worker's sweep).
+    pub(super) fn expired(&self, key: usize) -> bool {
+        self.conns
+            .borrow()
+            .get(key)
+            .is_some_and(|slot| slot.expired)
+    }
+
+    /// Records what connection `key` waits for from `now` on, and until when.
+    pub(super) fn note(&self, key: usize, state: ConnState, now: Instant, deadline: Instant) {
+        if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
+            slot.state = state;
+            slot.noted = now;
+            slot.deadline = deadline;
+            slot.expired = false;
+            slot.park_requested = false;
+        }
+    }
+
+    /// Counts bytes connection `key` read, in its slot and the worker's counters.
+    pub(super) fn count_in(&self, key: usize, bytes: usize) {
+        self.counters[Scalar::BytesIn].add(bytes as u64);
+        if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
+            slot.bytes_in += bytes as u64;
+        }
+    }
+
+    /// Counts bytes connection `key` wrote, in its slot and the worker's counters.
+    pub(super) fn count_out(&self, key: usize, bytes: usize) {
+        self.counters[Scalar::BytesOut].add(bytes as u64);
+        if let Some(slot) = self.conns.borrow_mut().get_mut(key) {
+            slot.bytes_out += bytes as u64;
+        }
+    }
+}
+
+pub(super) fn shutdown_fd(fd: RawFd, how: libc::c_int) {
+    // SAFETY: shutdown(2) takes any integer; on an fd that is not a socket, or one closed
+    // meanwhile, it fails with EBADF/ENOTSOCK and changes nothing. The fds passed here
+    // are owned by live tasks of this single thread, so they cannot be reused by another
+    // file between the lookup and this call.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}

@@ -1,0 +1,256 @@
+//! One access-log line, formatted: pure, allocation-free, escaping every byte that could
+//! break or forge a line.
+
+/// The `YYYY-MM-DDTHH:MM:SS.` part of the time, formatted once a second.
+pub struct LineTime {
+    second: u64,
+    text: [u8; 20],
+}
+
+impl Default for LineTime {
+    fn default() -> Self {
+        LineTime {
+            second: u64::MAX,
+            text: [0; 20],
+        }
+    }
+}
+
+impl LineTime {
+    /// Appends `unix_ms` as RFC 3339 UTC with milliseconds: `2026-11-24T14:12:11.123Z`.
+    pub fn write(&mut self, out: &mut Vec<u8>, unix_ms: u64) {
+        let second = unix_ms / 1000;
+        if second != self.second {
+            self.second = second;
+            self.text = format_second(second);
+        }
+        let ms = (unix_ms % 1000) as u32;
+        out.extend_from_slice(&self.text);
+        out.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
+    }
+}
+
+fn format_second(unix_seconds: u64) -> [u8; 20] {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let mut text = *b"0000-00-00T00:00:00.";
+    let mut put = |at: usize, value: u64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            text[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year.clamp(0, 9999) as u64, 4);
+    put(5, u64::from(month), 2);
+    put(8, u64::from(day), 2);
+    put(11, secs / 3600, 2);
+    put(14, secs / 60 % 60, 2);
+    put(17, secs % 60, 2);
+    text
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The fields of one log line.
+pub struct Line<'a> {
+    pub target: &'a [u8],
+    /// `ip:port`, formatted once per connection.
+    pub peer: &'a [u8],
+    pub user_agent: &'a [u8],
+    pub status: u16,
+    pub micros: u64,
+}
+
+/// Appends one line, `\n` included. Empty `target`/`user_agent` are written as `-`.
+pub fn write_line(out: &mut Vec<u8>, time: &mut LineTime, unix_ms: u64, line: &Line<'_>) {
+    time.write(out, unix_ms);
+    out.extend_from_slice(b"\turl ");
+    write_field(out, line.target);
+    out.extend_from_slice(b"\tip ");
+    out.extend_from_slice(line.peer);
+    out.extend_from_slice(b"\tua ");
+    write_field(out, line.user_agent);
+    out.extend_from_slice(b"\tstatus ");
+    out.extend_from_slice(itoa::Buffer::new().format(line.status).as_bytes());
+    out.extend_from_slice(b"\tus ");
+    out.extend_from_slice(itoa::Buffer::new().format(line.micros).as_bytes());
+    out.push(b'\n');
+}
+
+/// Copies printable ASCII and writes every other byte, and `\` itself, as `\xNN`, so a
+/// field can never break a line, forge another one or be misread.
+fn write_field(out: &mut Vec<u8>, field: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if field.is_empty() {
+        out.push(b'-');
+        return;
+    }
+    let mut rest = field;
+    loop {
+        let clean = clean_prefix_len(rest);
+        out.extend_from_slice(&rest[..clean]);
+        let Some(&b) = rest.get(clean) else { break };
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 15)],
+        ]);
+        rest = &rest[clean + 1..];
+    }
+}
+
+fn needs_escape(b: u8) -> bool {
+    !(b' '..=b'~').contains(&b) || b == b'\\'
+}
+
+/// How many bytes at the front of `bytes` need no escaping. Looks at eight bytes at a
+/// time (URLs and User-Agents are almost always clean), then pins the byte down.
+fn clean_prefix_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk"));
+        // A byte's high bit is set in each term only for a byte that needs escaping:
+        // below 0x20 (the subtraction borrows), 0x7f and above, or `\`. A borrow or
+        // carry can spill into the next byte only from a byte that matched already.
+        let control = word.wrapping_sub(ONES * 0x20) & !word;
+        let high = word.wrapping_add(ONES) | word;
+        let not_backslash = word ^ (ONES * u64::from(b'\\'));
+        let backslash = not_backslash.wrapping_sub(ONES) & !not_backslash;
+        if (control | high | backslash) & HIGH_BITS != 0 {
+            break;
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map_or(bytes.len(), |at| i + at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(target: &[u8], ua: &[u8]) -> String {
+        let mut out = Vec::new();
+        let l = Line {
+            target,
+            peer: b"127.0.0.1:5012",
+            user_agent: ua,
+            status: 200,
+            micros: 12,
+        };
+        write_line(&mut out, &mut LineTime::default(), 1_795_961_531_123, &l);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn formats_a_line() {
+        assert_eq!(
+            line(b"/v1/leftpad/?str=a&len=3", b"curl/8.1 (x86_64)"),
+            "2026-11-29T14:12:11.123Z\turl /v1/leftpad/?str=a&len=3\tip 127.0.0.1:5012\t\
+             ua curl/8.1 (x86_64)\tstatus 200\tus 12\n"
+        );
+    }
+
+    #[test]
+    fn escapes_everything_that_could_break_a_line() {
+        let text = line(
+            b"/a\nb\tc\\d\x7f\xff",
+            b"evil\r\n2026-01-01T00:00:00.000Z\turl /forged",
+        );
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(text.contains("url /a\\x0ab\\x09c\\x5cd\\x7f\\xff\t"));
+        assert!(text.contains("ua evil\\x0d\\x0a2026-01-01T00:00:00.000Z\\x09url /forged\t"));
+    }
+
+    #[test]
+    fn every_byte_is_escaped_or_copied_at_every_position() {
+        let reference = |field: &[u8]| -> Vec<u8> {
+            field
+                .iter()
+                .flat_map(|&b| {
+                    if needs_escape(b) {
+                        format!("\\x{b:02x}").into_bytes()
+                    } else {
+                        vec![b]
+                    }
+                })
+                .collect()
+        };
+        for b in 0..=255u8 {
+            for at in 0..19 {
+                let mut field = b"abcdefghijklmnopqrs".to_vec();
+                field[at] = b;
+                let mut out = Vec::new();
+                write_field(&mut out, &field);
+                assert_eq!(out, reference(&field), "byte {b:#04x} at {at}");
+            }
+        }
+        // Pairs of edge bytes, for borrows and carries between neighbours.
+        let edges = [0x00, 0x1f, 0x20, 0x5b, 0x5c, 0x5d, 0x7e, 0x7f, 0x80, 0xff];
+        for (a, b) in edges.iter().flat_map(|&a| edges.map(|b| (a, b))) {
+            for (i, j) in (0..19).flat_map(|i| (0..19).map(move |j| (i, j))) {
+                let mut field = b"abcdefghijklmnopqrs".to_vec();
+                field[i] = a;
+                field[j] = b;
+                let mut out = Vec::new();
+                write_field(&mut out, &field);
+                assert_eq!(out, reference(&field), "{a:#04x} at {i}, {b:#04x} at {j}");
+            }
+        }
+        let mut out = Vec::new();
+        write_field(&mut out, b"\\\\\x7f\x80~ \x1f");
+        assert_eq!(out, b"\\x5c\\x5c\\x7f\\x80~ \\x1f");
+    }
+
+    #[test]
+    fn empty_fields_are_dashes() {
+        assert!(line(b"", b"").contains("\turl -\tip 127.0.0.1:5012\tua -\t"));
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        let mut time = LineTime::default();
+        let mut out = Vec::new();
+        for ms in [0, 999, 951_782_400_000, 4_102_444_799_999] {
+            time.write(&mut out, ms);
+            out.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000Z 1970-01-01T00:00:00.999Z \
+             2000-02-29T00:00:00.000Z 2099-12-31T23:59:59.999Z "
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_416), (2025, 11, 24));
+    }
+}

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{admin_get, cpu_seconds, go_pprof, load, load_with, Server};
 
-/// Under emulation (qemu-user in CI's aarch64 run) neither per-thread CPU clocks nor
-/// perf events behave as on a kernel: the accounting checks are skipped there.
+/// Under emulation (qemu-user in CI's aarch64 run, built with `--cfg leftpad_emulated`)
+/// neither per-thread CPU clocks nor perf events behave as on a kernel: the accounting
+/// checks inside the tests that still run there are left out, and say so.
 fn emulated() -> bool {
-    std::env::var("LEFTPAD_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+    cfg!(leftpad_emulated)
 }
 
 /// `Total samples = 2.95s` (or `950ms`, `1.2mins`) from `go tool pprof -top`, in seconds.
@@ -250,18 +251,12 @@ fn without_kernel_frames_every_sample_is_kept_and_syscalls_sit_under_their_calle
 }
 
 #[test]
+#[cfg_attr(
+    leftpad_emulated,
+    ignore = "qemu-user does not emulate perf_event_open"
+)]
 fn with_kernel_frames_the_profile_continues_below_the_system_call() {
-    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && !l.contains("\t0\t"))
-    }) {
-        eprintln!("skipped: kernel frames need root (the tests run as root in CI)");
-        return;
-    }
-    if emulated() {
-        eprintln!("skipped: qemu-user does not emulate perf_event_open");
-        return;
-    }
+    common::require_root("kernel frames need perf events with the kernel's call chains");
     let (profile, used) = profile_under_load("on");
     assert_coverage(&profile, used);
     let traces = traces(&profile);
@@ -298,17 +293,21 @@ fn kernel_parameter_is_checked() {
 /// Without permission for kernel sampling, `kernel=on` is a 400 that says why, and the
 /// default (`auto`) profile still accounts for the time and says kernel frames are missing.
 #[test]
+#[cfg_attr(
+    leftpad_emulated,
+    ignore = "qemu-user does not emulate perf_event_open"
+)]
 fn unprivileged_kernel_on_is_refused_and_auto_says_why() {
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(2);
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if paranoid <= 1 || !root || emulated() {
-        eprintln!("skipped: needs root (to drop to nobody) and perf_event_paranoid >= 2");
-        return;
-    }
+    common::require_root("it starts the server as nobody");
+    assert!(
+        paranoid >= 2,
+        "this test needs kernel.perf_event_paranoid >= 2 (it is {paranoid}), so that an \
+         unprivileged server may not sample the kernel: sysctl -w kernel.perf_event_paranoid=2"
+    );
     let nobody = [
         "setpriv",
         "--reuid=65534",
@@ -378,11 +377,12 @@ fn flame_frames(svg: &str) -> Vec<(String, (u8, u8, u8))> {
 /// The flame graph draws the same stacks, kernel frames in orange (inferno's palette:
 /// blue 0), Rust frames yellow and other user code red (both with blue).
 #[test]
+#[cfg_attr(
+    leftpad_emulated,
+    ignore = "qemu-user does not emulate perf_event_open"
+)]
 fn the_flame_graph_marks_kernel_frames() {
-    if emulated() || unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: kernel frames need root and a real kernel");
-        return;
-    }
+    common::require_root("kernel frames need perf events with the kernel's call chains");
     let server = Server::start(&["--access-log", "off", "--statsd", "off"]);
     let (stop, loader) = load(&server);
     let svg = admin_get(

@@ -171,12 +171,7 @@ fn vars_number(json: &str, key: &str) -> u64 {
 /// as dropped and reported once, and writing resumes by itself when space is freed.
 #[test]
 fn a_full_log_disk_drops_counted_lines_and_recovers() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var("CI").is_err(), "CI runs as root");
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
+    common::require_root("it mounts a small tmpfs under the access log");
     let disk = SmallDisk::mount("256k").expect("mount a tmpfs");
     let log = disk.0.join("access.log");
     let server = Server::start(&[

@@ -229,19 +229,13 @@ impl Drop for CpuCgroup {
 #[test]
 fn a_cpu_quota_sets_the_default_worker_count() {
     let root = std::path::Path::new("/sys/fs/cgroup/cpu");
-    // SAFETY: geteuid has no preconditions.
-    let is_root = unsafe { libc::geteuid() } == 0;
-    if !is_root || !root.join("cpu.cfs_quota_us").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI runs as root with cgroup v1 cpu mounted"
-        );
-        eprintln!(
-            "skipped: needs root and the cgroup v1 cpu controller at {}",
-            root.display()
-        );
-        return;
-    }
+    common::require_root("it makes a cgroup with a CPU quota");
+    assert!(
+        root.join("cpu.cfs_quota_us").exists(),
+        "this test needs the cgroup v1 cpu controller at {} (mount -t cgroup -o cpu cpu {})",
+        root.display(),
+        root.display()
+    );
     let group = CpuCgroup(root.join(format!("leftpad-test-{}", std::process::id())));
     std::fs::create_dir_all(&group.0).unwrap();
     std::fs::write(group.0.join("cpu.cfs_period_us"), "100000").unwrap();

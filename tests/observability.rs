@@ -453,7 +453,7 @@ fn statsd_script() -> PathBuf {
             .arg(&prefix)
             .arg("statsd@0.9.0")
             .status()
-            .expect("npm is needed to install the StatsD daemon for this test (apt-get install npm, or run .ci/run)");
+            .expect("npm is needed to install the StatsD daemon for this test: run scripts/test.sh, which installs it (apt-get install npm)");
         assert!(status.success(), "npm install statsd failed");
     }
     script

@@ -331,7 +331,7 @@ pub fn go_pprof(profile: &[u8], args: &[&str]) -> String {
         .args(args)
         .arg(&path)
         .output()
-        .expect("`go` is needed for this test: apt-get install golang-go (or run .ci/run)");
+        .expect("`go` is needed for this test: run scripts/test.sh, which installs it (apt-get install golang-go)");
     let _ = std::fs::remove_file(&path);
     assert!(
         out.status.success(),
@@ -350,4 +350,16 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Fails the test unless it runs as root, saying why it needs to: it mounts, makes
+/// cgroups or opens perf events for real. A test that cannot check what it is for must
+/// not pass.
+pub fn require_root(why: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test needs root ({why}): run the tests as root (sudo scripts/test.sh), as CI does"
+    );
 }

@@ -396,7 +396,9 @@ impl<F: Future> Future for UntilParkRequested<'_, F> {
         let op = unsafe { Pin::new_unchecked(&mut this.op) };
         match op.poll(cx) {
             Poll::Ready(done) => Poll::Ready(Some(done)),
-            Poll::Pending if this.worker.park_requested(this.key, cx.waker()) => Poll::Ready(None),
+            Poll::Pending if this.worker.is_asked_to_park(this.key, cx.waker()) => {
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

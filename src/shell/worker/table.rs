@@ -22,7 +22,7 @@ use super::Worker;
 
 /// What a connection waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum ConnState {
+pub(super) enum ConnState {
     /// Reading a request head (a new connection, or the rest of a partial head).
     Head,
     /// Reading (and discarding) a request body.
@@ -39,7 +39,7 @@ pub(crate) enum ConnState {
 
 impl ConnState {
     /// The state's name, as `/debug/pprof/goroutine?debug=1` lists it.
-    pub(crate) fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             ConnState::Head => "Head",
             ConnState::Body => "Body",
@@ -51,7 +51,7 @@ impl ConnState {
     }
 
     /// What a connection in this state waits for, in words.
-    pub(crate) fn describe(self) -> &'static str {
+    pub(super) fn describe(self) -> &'static str {
         match self {
             ConnState::Head => "waiting for a request head",
             ConnState::Body => "reading a request body",
@@ -169,7 +169,7 @@ impl Drop for Registration {
 impl Worker {
     /// Whether the tick asked connection `key` to park; if not, `waker` is kept for it
     /// to ask. Called while the connection waits for readability.
-    pub(super) fn park_requested(&self, key: usize, waker: &Waker) -> bool {
+    pub(super) fn is_asked_to_park(&self, key: usize, waker: &Waker) -> bool {
         let mut conns = self.conns.borrow_mut();
         let Some(slot) = conns.get_mut(key) else {
             return false;

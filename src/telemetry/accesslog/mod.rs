@@ -7,7 +7,7 @@
 //!
 //! Three parts, in the order a line travels:
 //!
-//! - [`line`]: formatting, pure and allocation-free ([`line::write_line`]);
+//! - [`mod@line`]: formatting, pure and allocation-free ([`line::write_line`]);
 //! - [`buffer`]: the worker's [`AccessLog`], which appends lines and, when it passes
 //!   `--log-buffer`, every `--log-flush-ms` and at shutdown, hands whole lines over;
 //! - [`writer`]: the worker's [`Writer`] thread, pinned to the same CPU, which appends

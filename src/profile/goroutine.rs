@@ -39,6 +39,17 @@ pub struct WorkerTasks {
     pub tasks: Vec<TaskInfo>,
 }
 
+impl WorkerTasks {
+    /// How many tasks wait for each thing, by what they wait for.
+    fn counts_by_state(&self) -> std::collections::BTreeMap<&'static str, i64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for task in &self.tasks {
+            *counts.entry(task.waits_for).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
 /// How the admin thread asks a worker for its connection table.
 #[derive(Default)]
 pub struct Mailbox {
@@ -97,10 +108,7 @@ pub fn pprof(workers: &[Option<WorkerTasks>]) -> std::io::Result<Vec<u8>> {
             builder.comment(&format!("worker {id} did not answer in time"));
             continue;
         };
-        let mut counts = std::collections::BTreeMap::new();
-        for task in &worker.tasks {
-            *counts.entry(task.waits_for).or_insert(0i64) += 1;
-        }
+        let counts = worker.counts_by_state();
         let worker_name = format!("worker {id}");
         for (state, count) in counts {
             let mut leaf = state.to_owned();
@@ -137,10 +145,7 @@ pub fn text(workers: &[Option<WorkerTasks>]) -> String {
             out.push_str(&format!("\nworker {id}: did not answer in time\n"));
             continue;
         };
-        let mut counts = std::collections::BTreeMap::new();
-        for task in &worker.tasks {
-            *counts.entry(task.waits_for).or_insert(0) += 1;
-        }
+        let counts = worker.counts_by_state();
         let summary: Vec<String> = counts
             .iter()
             .map(|(state, n)| format!("{n} {state}"))

@@ -44,18 +44,27 @@ fn idle_connections_park_and_answer_when_they_speak() {
         // Parked after a second idle, by the next tick.
         let parked = wait_for_state(&server, "Parked", 20, Duration::from_secs(5));
         assert_eq!(parked, 20, "{driver}: idle connections parked");
+        let mut answered = Vec::new();
         for (i, stream) in idle.iter_mut().enumerate() {
             let want = format!("{{\"str\":\"{:->4}\"}}\n", i % 10);
             let path = format!("/v1/leftpad/?str={}&len=4&chr=-", i % 10);
             assert_eq!(ask(stream, &path), (200, want), "{driver}: connection {i}");
             // And again: the new task keeps the connection as before.
             assert_eq!(ask(stream, "/healthz"), (200, "ok\n".into()), "{driver}");
+            answered.push((stream.local_addr().unwrap(), Instant::now()));
         }
-        assert_eq!(
-            count_in_state(&server, "Parked"),
-            0,
-            "{driver}: all busy again"
-        );
+        // Each has a task again, unless it has been idle long enough to park anew (on a
+        // loaded machine the loop can take over a second): only those may be parked.
+        let text = admin_get(server.admin.unwrap(), "/debug/pprof/goroutine?debug=1").text();
+        for (peer, at) in answered {
+            if at.elapsed() < Duration::from_millis(900) {
+                assert!(
+                    !text.contains(&format!("peer {peer}  state Parked")),
+                    "{driver}: {peer} answered {:?} ago is parked:\n{text}",
+                    at.elapsed()
+                );
+            }
+        }
     }
 }
 

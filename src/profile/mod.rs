@@ -19,7 +19,9 @@
 //!   stacks walked by [`frames`];
 //! - [`goroutine`]: every connection task by what it waits for;
 //! - [`block`]: where threads waited (contended locks, blocking writes), for the block
-//!   and mutex profiles.
+//!   and mutex profiles;
+//! - [`trace`]: the execution trace, recorded by the threads themselves while one is
+//!   taken.
 
 pub mod block;
 pub mod cpu;
@@ -32,4 +34,5 @@ pub mod pprof;
 pub mod sampler;
 pub mod stacks;
 pub mod symbols;
+pub mod trace;
 pub mod unwind;

@@ -176,22 +176,25 @@ fn open(tid: i32, hz: u32) -> std::io::Result<Event> {
     // The user part is unwound here from the stack copy (exact through libc); the
     // kernel's own frame-pointer walk of user space would not be.
     attr.set_exclude_callchain_user(1);
+    open_ring(&mut attr, tid, DATA_PAGES)
+}
+
+/// Opens the event `attr` on thread `tid` with a ring of `data_pages` (a power of two).
+fn open_ring(
+    attr: &mut sys::bindings::perf_event_attr,
+    tid: i32,
+    data_pages: usize,
+) -> std::io::Result<Event> {
     // SAFETY: a valid attr for the duration of the call.
     let fd = unsafe {
-        sys::perf_event_open(
-            &mut attr,
-            tid,
-            -1,
-            -1,
-            sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
-        )
+        sys::perf_event_open(attr, tid, -1, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _)
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: perf_event_open returned a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ring_len = (DATA_PAGES + 1) * page_size();
+    let ring_len = (data_pages + 1) * page_size();
     // SAFETY: mapping a perf event fd as the kernel documents (one header page plus a
     // power of two of data pages), read-write so that data_tail can be written.
     let ring = unsafe {
@@ -219,13 +222,35 @@ fn page_size() -> usize {
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// Reads the records between the ring's tail and head, then moves the tail.
+/// Hands the samples between the ring's tail and head to `sink`, counts what the kernel
+/// lost, then moves the tail.
 fn drain_ring(
     event: &Event,
     scratch: &mut Vec<u8>,
     lost: &mut u64,
     sink: &mut impl FnMut(&PerfSample<'_>),
 ) {
+    drain_records(event, scratch, |kind, record| match kind {
+        sys::bindings::PERF_RECORD_SAMPLE => {
+            if let Some(sample) = parse_sample(&record[8..]) {
+                sink(&sample);
+            }
+        }
+        sys::bindings::PERF_RECORD_LOST => *lost += lost_count(record),
+        _ => {}
+    });
+}
+
+/// The count of a PERF_RECORD_LOST record (after its header and id).
+fn lost_count(record: &[u8]) -> u64 {
+    record
+        .get(16..24)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+/// Hands each record between the ring's tail and head (its type, and its bytes from the
+/// header on) to `sink`, then moves the tail.
+fn drain_records(event: &Event, scratch: &mut Vec<u8>, mut sink: impl FnMut(u32, &[u8])) {
     let header = event.ring.cast::<sys::bindings::perf_event_mmap_page>();
     // SAFETY: the first page of the mapping is the kernel's perf_event_mmap_page; head is
     // read with an acquire fence after it, as perf_event_open(2) prescribes.
@@ -254,20 +279,7 @@ fn drain_ring(
         if size < 8 || position + size > head {
             break;
         }
-        let record = ring_bytes(data, position, size as usize, scratch);
-        match kind {
-            sys::bindings::PERF_RECORD_SAMPLE => {
-                if let Some(sample) = parse_sample(&record[8..]) {
-                    sink(&sample);
-                }
-            }
-            sys::bindings::PERF_RECORD_LOST => {
-                *lost += record
-                    .get(16..24)
-                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-            }
-            _ => {}
-        }
+        sink(kind, ring_bytes(data, position, size as usize, scratch));
         position += size;
     }
     std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
@@ -353,6 +365,114 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Data pages of a thread's context-switch ring: 256 KiB, about 10,000 switches, drained
+/// every 50 ms (a busy worker switches a few thousand times in that time).
+const SWITCH_PAGES: usize = 64;
+
+/// One context switch of a thread: when (CLOCK_MONOTONIC nanoseconds), and which way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    pub at: u64,
+    pub kind: SwitchKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchKind {
+    /// The thread blocked (in a wait of its own: for a worker, its ring's).
+    Out,
+    /// The thread was preempted while it could run.
+    Preempted,
+    /// The thread runs again.
+    In,
+}
+
+/// The context switches of the calling thread, as the kernel records them
+/// (`PERF_RECORD_SWITCH`, stamped with CLOCK_MONOTONIC): for the execution trace, where a
+/// worker's P is idle while its thread waits. No privilege is needed to watch one's own
+/// thread's switches, and nothing of the kernel's is read.
+pub struct SwitchRing {
+    event: Event,
+    scratch: Vec<u8>,
+    lost: u64,
+}
+
+// SAFETY: the ring is owned by this value and read only through `&mut self`.
+unsafe impl Send for SwitchRing {}
+
+impl SwitchRing {
+    /// Starts recording the calling thread's switches.
+    pub fn open() -> std::io::Result<SwitchRing> {
+        let mut attr = sys::bindings::perf_event_attr {
+            size: std::mem::size_of::<sys::bindings::perf_event_attr>() as u32,
+            type_: sys::bindings::PERF_TYPE_SOFTWARE,
+            config: u64::from(sys::bindings::PERF_COUNT_SW_DUMMY),
+            #[allow(clippy::useless_conversion)]
+            sample_type: u64::from(sys::bindings::PERF_SAMPLE_TIME),
+            clockid: libc::CLOCK_MONOTONIC,
+            ..Default::default()
+        };
+        attr.set_context_switch(1);
+        attr.set_sample_id_all(1);
+        attr.set_use_clockid(1);
+        attr.set_exclude_kernel(1);
+        attr.set_exclude_hv(1);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let event = open_ring(&mut attr, tid, SWITCH_PAGES)?;
+        Ok(SwitchRing {
+            event,
+            scratch: Vec::new(),
+            lost: 0,
+        })
+    }
+
+    /// Switch records the kernel dropped (the ring was full).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Hands every switch recorded since the last call to `sink`, in order.
+    pub fn drain(&mut self, mut sink: impl FnMut(Switch)) {
+        let lost = &mut self.lost;
+        drain_records(&self.event, &mut self.scratch, |kind, record| match kind {
+            sys::bindings::PERF_RECORD_SWITCH => {
+                if let Some(switch) = parse_switch(record) {
+                    sink(switch);
+                }
+            }
+            sys::bindings::PERF_RECORD_LOST => *lost += lost_count(record),
+            _ => {}
+        });
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock switch records are stamped with here,
+/// and the one `std::time::Instant` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given, which lives here.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// A PERF_RECORD_SWITCH: its header's misc bits say which way, and its sample id (only
+/// the time, as `sample_type` asks) when.
+fn parse_switch(record: &[u8]) -> Option<Switch> {
+    let misc = u32::from(u16::from_le_bytes([*record.get(4)?, *record.get(5)?]));
+    let at = u64::from_le_bytes(record.get(8..16)?.try_into().ok()?);
+    let out = misc & sys::bindings::PERF_RECORD_MISC_SWITCH_OUT != 0;
+    let preempted = misc & sys::bindings::PERF_RECORD_MISC_SWITCH_OUT_PREEMPT != 0;
+    let kind = match (out, preempted) {
+        (false, _) => SwitchKind::In,
+        (true, false) => SwitchKind::Out,
+        (true, true) => SwitchKind::Preempted,
+    };
+    Some(Switch { at, kind })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +538,32 @@ mod tests {
         let mut scratch = Vec::new();
         assert_eq!(ring_bytes(&data, 4, 4, &mut scratch), [4, 5, 6, 7]);
         assert_eq!(ring_bytes(&data, 14 + 32, 4, &mut scratch), [14, 15, 0, 1]);
+    }
+
+    #[test]
+    #[cfg_attr(
+        leftpad_emulated,
+        ignore = "qemu-user does not emulate perf_event_open"
+    )]
+    fn a_thread_sees_its_own_waits_as_switches_on_the_monotonic_clock() {
+        let mut ring = SwitchRing::open().expect("a thread may watch its own switches");
+        let before = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let after = monotonic_ns();
+        let mut seen = Vec::new();
+        ring.drain(|switch| seen.push(switch));
+        let out = seen
+            .iter()
+            .find(|s| s.kind == SwitchKind::Out)
+            .expect("a switch-out");
+        let back = seen
+            .iter()
+            .find(|s| s.kind == SwitchKind::In)
+            .expect("a switch-in");
+        assert!(
+            before <= out.at && out.at <= back.at && back.at <= after,
+            "{seen:?}"
+        );
+        assert!(back.at - out.at >= 4_000_000, "slept 5 ms: {seen:?}");
     }
 }

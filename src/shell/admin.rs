@@ -8,6 +8,7 @@
 //!   gzip-compressed as Go serves it, so
 //!   `go tool pprof http://127.0.0.1:6060/debug/pprof/profile?seconds=5` works.
 //! - `GET /debug/pprof/flamegraph?seconds=N&kernel=...`: the same profile as an SVG.
+//! - `GET /debug/pprof/trace?seconds=N`: an execution trace that `go tool trace` reads.
 //! - `GET /debug/pprof/heap`, `/allocs`, `/goroutine`, `/block`, `/mutex`, `/cmdline`,
 //!   `/symbol`: the rest of Go's `net/http/pprof`.
 //! - `GET /debug/pprof/`: an index. `GET /debug/vars`: JSON counters, like Go's expvar.
@@ -26,7 +27,7 @@ use crate::http::request::{self, Limits, Method, Parsed, Request};
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
 use crate::profile::goroutine::{self, Mailbox};
-use crate::profile::{block, cpu, heap, stacks, symbols};
+use crate::profile::{block, cpu, heap, stacks, symbols, trace};
 use crate::telemetry::allocator::OTHER_THREADS;
 use crate::telemetry::counters::WorkerCounters;
 use crate::telemetry::{prometheus, vars};
@@ -77,6 +78,7 @@ pub enum Pages {
 
 /// Serves `listener` on a thread of its own, one short-lived thread per client.
 pub fn start(listener: TcpListener, state: Arc<AdminState>, pages: Pages) -> io::Result<()> {
+    trace::register_site(trace::Site::Trace, trace_page as *const () as usize);
     std::thread::Builder::new()
         .name("leftpad-admin".into())
         .spawn(move || {
@@ -239,6 +241,7 @@ fn route(request: &Request<'_>, state: &AdminState) -> Page {
         b"/debug/pprof/symbol" => symbol_page(request.query),
         b"/debug/pprof/profile" => cpu_page(request.query, state, cpu::Format::Pprof),
         b"/debug/pprof/flamegraph" => cpu_page(request.query, state, cpu::Format::Flamegraph),
+        b"/debug/pprof/trace" => trace_page(request.query),
         b"/metrics" => Page {
             status: Status::OK,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -291,12 +294,15 @@ what it waits for; <code>?debug=1</code> as text, one line per connection</li>
 <li><a href=\"/debug/pprof/block\">block</a>: where threads waited (contended locks, the log
 writers' writes, refused StatsD sends); <code>?seconds=N</code> for a window</li>
 <li><a href=\"/debug/pprof/mutex\">mutex</a>: contended locks only</li>
+<li><a href=\"/debug/pprof/trace?seconds=1\">trace</a>?seconds=N: an execution trace for
+<code>go tool trace</code>: each worker a P, each connection a goroutine, each request a task
+named by its route, the log writers' writes as system calls (default 1 s)</li>
 <li><a href=\"/debug/pprof/cmdline\">cmdline</a>: the command line, NUL-separated</li>
 <li><a href=\"/debug/pprof/symbol\">symbol</a>: Go's symbol look-up (POST <code>0xADDR+0xADDR</code>)</li>
 <li><a href=\"/debug/vars\">/debug/vars</a>: counters per worker and in total (JSON)</li>
 <li><a href=\"/metrics\">/metrics</a>: Prometheus metrics (also alone on <code>--metrics ADDR</code>)</li>
 </ul>
-<p>One CPU profile at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30.</p>
+<p>One CPU profile and one trace at a time (a second request gets 409). <code>seconds</code>: 1 to 300, default 30 (1 for a trace).</p>
 </body></html>
 ";
 
@@ -420,6 +426,31 @@ fn seconds(query: &str) -> Result<u64, String> {
                 "seconds must be a whole number from 1 to {MAX_SECONDS}, not '{text}'"
             )),
         },
+    }
+}
+
+/// `/debug/pprof/trace?seconds=N`: an execution trace (default 1 s, as Go's).
+fn trace_page(query: &str) -> Page {
+    let seconds = match query_param(query, "seconds") {
+        None => Ok(1),
+        Some(_) => seconds(query),
+    };
+    let seconds = match seconds {
+        Ok(seconds) => seconds,
+        Err(message) => return Page::error(Status::BAD_REQUEST, &message),
+    };
+    match trace::take(seconds) {
+        Ok(body) => Page {
+            status: Status::OK,
+            content_type: "application/octet-stream",
+            extra_headers: b"Content-Disposition: attachment; filename=\"trace\"\r\n",
+            body,
+        },
+        Err(trace::Error::Busy) => Page::error(
+            Status::CONFLICT,
+            "a trace is already being taken: wait for it to finish and retry",
+        ),
+        Err(trace::Error::Failed(message)) => Page::error(Status(500), &message),
     }
 }
 

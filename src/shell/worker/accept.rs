@@ -13,6 +13,7 @@ use monoio::time::Instant;
 
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::profile::trace::{self, Notice, Site};
 use crate::telemetry::counters::Scalar;
 
 use super::connection::connection_task;
@@ -40,6 +41,9 @@ pub(super) async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
             Err(_) if worker.draining.get() => return,
             Err(e) => {
                 // Out of fds or memory: back off instead of spinning on the error.
+                if trace::on() {
+                    trace::notice(Notice::AcceptBackoff, Site::Accept);
+                }
                 if !std::mem::replace(&mut warned, true) {
                     eprintln!(
                         "leftpad: accept failed: {e} (retrying; further failures are not reported)"
@@ -62,11 +66,16 @@ fn take_in(worker: &Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     worker.counters[Scalar::ConnectionsOpen].add(1);
     let now = Instant::now();
     let first_head_due = now + worker.timeouts.header;
-    let slot = ConnSlot::new(stream.as_raw_fd(), peer, now, first_head_due);
+    let g = trace::next_id(worker.trace_ids);
+    let slot = ConnSlot::new(stream.as_raw_fd(), g, peer, now, first_head_due);
     let key = worker.conns.borrow_mut().insert(slot);
+    if trace::on() {
+        trace::go_create(now.into_std(), g, Site::Accept);
+    }
     let registration = Registration {
         worker: worker.clone(),
         key,
+        g,
     };
     monoio::spawn(connection_task(registration, stream, None));
 }

@@ -18,9 +18,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::http::conn::{Conn, Waiting, OUT_HIGH_WATER};
+use crate::app::handler::{Handled, Route};
+use crate::http::conn::{Conn, Record, Waiting, OUT_HIGH_WATER};
 use crate::http::response::{Connection, Response};
 use crate::http::Status;
+use crate::profile::trace::{self, Site};
 
 use super::deadline::{self, HeadClock, LINGER_TIME, TIMEOUT_ANSWER_TIME};
 use super::parking::Resume;
@@ -41,9 +43,15 @@ pub(super) fn connection_task(
 ) -> impl Future<Output = ()> {
     let mut session = Session::new(reg, stream, resume);
     async move {
+        if trace::on() {
+            trace::go_start(std::time::Instant::now(), session.reg.g, false);
+        }
         match session.exchange().await {
             End::ToParking => session.into_parking(),
             end => session.finish(end).await,
+        }
+        if trace::on() {
+            trace::go_end(std::time::Instant::now());
         }
     }
 }
@@ -51,11 +59,31 @@ pub(super) fn connection_task(
 /// Spawns the task of connection `key`, registered again, from where it was (a parked
 /// connection that became readable, or one the parking set refused).
 pub(super) fn resume(worker: &Rc<Worker>, key: usize, stream: TcpStream, resume: Resume) {
+    let g = trace::next_id(worker.trace_ids);
+    if let Some(slot) = worker.conns.borrow_mut().get_mut(key) {
+        slot.g = g;
+    }
+    if trace::on() {
+        trace::go_create(std::time::Instant::now(), g, Site::Readable);
+    }
     let reg = Registration {
         worker: worker.clone(),
         key,
+        g,
     };
     monoio::spawn(connection_task(reg, stream, Some(resume)));
+}
+
+/// Registers the sites where connection tasks record trace events, and the routes'
+/// names for the requests' tasks (once per worker; the same values each time).
+pub(super) fn register_trace_sites() {
+    trace::register_site(Site::ConnectionTask, connection_entry() as usize);
+    trace::register_site(Site::Read, Session::read_more as *const () as usize);
+    trace::register_site(Site::Readable, Session::wait_readable as *const () as usize);
+    trace::register_site(Site::Write, Session::write_output as *const () as usize);
+    trace::register_site(Site::Linger, Session::linger as *const () as usize);
+    trace::register_site(Site::Answer, Session::answer as *const () as usize);
+    trace::register_task_names(&Route::ALL.map(Route::label));
 }
 
 /// The address of [`connection_task`], which profiles name as every connection task's
@@ -204,6 +232,14 @@ impl Session {
             return None;
         };
         self.now = Instant::now();
+        if trace::on() {
+            trace_requests(
+                &recorder.records,
+                self.reg.worker.trace_ids,
+                self.read_at,
+                self.now,
+            );
+        }
         let handling = self.now - self.read_at;
         let mut conns = worker.conns.borrow_mut();
         if let Some(slot) = conns.get_mut(self.reg.key) {
@@ -213,6 +249,22 @@ impl Session {
         }
         self.input.drain(..progress.consumed);
         Some(self.output.len() >= OUT_HIGH_WATER)
+    }
+
+    /// The task is about to wait at `site` (an execution trace's `GoBlockNet`).
+    #[inline]
+    fn blocks(&self, site: Site) {
+        if trace::on() {
+            trace::go_block_net(std::time::Instant::now(), site);
+        }
+    }
+
+    /// The task runs again after a wait (`GoUnblock`, `GoStart`).
+    #[inline]
+    fn resumes(&self) {
+        if trace::on() {
+            trace::go_start(std::time::Instant::now(), self.reg.g, true);
+        }
     }
 
     /// Records in the slot what the connection waits for and until when.
@@ -229,7 +281,9 @@ impl Session {
         let mut written = 0;
         while written < self.output.len() {
             let rest = take(&mut self.output).slice(written..);
+            self.blocks(Site::Write);
             let (result, rest) = self.stream.write(rest).await;
+            self.resumes();
             self.output = rest.into_inner();
             match result {
                 Ok(n) if n > 0 && !self.expired() => written += n,
@@ -249,8 +303,11 @@ impl Session {
         buffers.give(take(&mut self.output));
         // Relaxed: the epoll driver may then wake on stale readiness; the read that
         // follows is then the wait (and can park as well).
+        self.blocks(Site::Readable);
         let readable = self.stream.readable(true);
-        match until_park_requested(&self.reg, readable).await {
+        let woke = until_park_requested(&self.reg, readable).await;
+        self.resumes();
+        match woke {
             None => Wake::ParkRequested,
             Some(Ok(())) if self.expired() => Wake::Expired,
             Some(Ok(())) => {
@@ -271,8 +328,11 @@ impl Session {
             let max_head = self.worker().limits.max_head_size;
             self.input.reserve(max_head.max(len));
         }
+        self.blocks(Site::Read);
         let read = self.stream.read(take(&mut self.input).slice_mut(len..));
-        let Some((read, buf)) = until_park_requested(&self.reg, read).await else {
+        let read = until_park_requested(&self.reg, read).await;
+        self.resumes();
+        let Some((read, buf)) = read else {
             // Its buffer went with the read; the output goes back to the pool.
             return Wake::ParkRequested;
         };
@@ -357,7 +417,9 @@ impl Session {
         let mut buf = self.reg.worker.buffers.take();
         let mut total = 0;
         while total < LINGER_BYTES {
+            self.blocks(Site::Linger);
             let (read, b) = self.stream.read(buf).await;
+            self.resumes();
             buf = b;
             buf.clear();
             match read {
@@ -366,6 +428,27 @@ impl Session {
             }
         }
         self.reg.worker.buffers.give(buf);
+    }
+}
+
+/// Each answer of a batch as a user task with a region, named by its route: from the
+/// read that brought it to the answer (regions close innermost first).
+#[cold]
+fn trace_requests(records: &[Record<Handled>], ids: u64, read_at: Instant, now: Instant) {
+    let first = trace::next_ids(ids, records.len() as u64);
+    for (i, record) in records.iter().enumerate() {
+        trace::task_begin(
+            read_at.into_std(),
+            first + i as u64,
+            record.outcome.route as usize,
+        );
+    }
+    for (i, record) in records.iter().enumerate().rev() {
+        trace::task_end(
+            now.into_std(),
+            first + i as u64,
+            record.outcome.route as usize,
+        );
     }
 }
 

@@ -41,6 +41,7 @@ use crate::http::date::HttpDate;
 use crate::http::request::Limits;
 use crate::http::Status;
 use crate::profile::goroutine::{Mailbox, TaskInfo, WorkerTasks};
+use crate::profile::trace::{self, Notice, Site};
 use crate::shell::config::Config;
 use crate::shell::runtime::{DriverReport, Runtime};
 use crate::telemetry::accesslog::{AccessLog, Writer};
@@ -121,6 +122,9 @@ pub fn run(mut spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverRep
 
 /// A worker's own state, shared by its tasks (one thread: `Rc`, `Cell`, `RefCell`).
 struct Worker {
+    id: usize,
+    /// The high bits of this worker's goroutine and task numbers in execution traces.
+    trace_ids: u64,
     config: Arc<Config>,
     limits: Limits,
     timeouts: Timeouts,
@@ -170,8 +174,10 @@ async fn live(spec: WorkerSpec, log: Option<AccessLog>) {
             eprintln!("leftpad: worker {id}: idle connections keep their tasks: no epoll set: {e}")
         })
         .ok();
+    connection::register_trace_sites();
+    trace::register_site(Site::Wake, live as *const () as usize);
     let worker = Rc::new(Worker::new(
-        config, shared, counters, mailbox, recorder, parking,
+        id, config, shared, counters, mailbox, recorder, parking,
     ));
     monoio::spawn(tick(worker.clone()));
     monoio::spawn(wake_ready_parked(worker.clone()));
@@ -213,7 +219,9 @@ fn seed(worker_id: usize) -> u64 {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)] // each a part the worker owns, named at the call
     fn new(
+        id: usize,
         config: Arc<Config>,
         shared: Arc<Shared>,
         counters: &'static WorkerCounters,
@@ -223,6 +231,8 @@ impl Worker {
     ) -> Worker {
         let reserved = (config.max_connections as usize).min(RESERVED_SLOTS);
         Worker {
+            id,
+            trace_ids: trace::id_base(trace::Thread::Worker(id)),
             limits: config.limits(),
             timeouts: Timeouts {
                 header: config.header_timeout,
@@ -249,6 +259,9 @@ impl Worker {
     /// ([`deadline::at_drain`]), busy ones close after their answer.
     fn begin_drain(&self) {
         self.draining.set(true);
+        if trace::on() {
+            trace::notice(Notice::DrainBegins, Site::Accept);
+        }
         self.app.borrow_mut().set_draining();
         // The pending accept is cancelled (not the listener shut down: that would reset
         // the connections waiting in its backlog).
@@ -334,6 +347,15 @@ impl Worker {
         }
     }
 
+    /// The connections' goroutines of an execution trace, declared at its start.
+    fn trace_goroutines(&self) -> Vec<(u64, Site)> {
+        let conns = self.conns.borrow();
+        conns
+            .iter()
+            .map(|(_, slot)| (slot.g, Site::ConnectionTask))
+            .collect()
+    }
+
     /// After parking: the tasks of the connections parked since the last tick are
     /// freed, and an idle thread would never get back to mimalloc to return their pages
     /// to the system: ask it now (a walk over this thread's pages, only after parking).
@@ -385,6 +407,10 @@ async fn tick(worker: Rc<Worker>) {
     let mut reopen_seen = worker.shared.reopen_log.load(Ordering::Relaxed);
     loop {
         interval.tick().await;
+        // Between tasks: where a trace's recording starts and ends on this worker.
+        trace::sync(trace::Thread::Worker(worker.id), || {
+            worker.trace_goroutines()
+        });
         let now = Instant::now();
         worker.date.borrow_mut().update(SystemTime::now());
         worker.sweep(now);
@@ -396,6 +422,9 @@ async fn tick(worker: Rc<Worker>) {
         if std::mem::replace(&mut reopen_seen, reopen) != reopen {
             if let Some(log) = &mut recorder.log {
                 log.reopen();
+            }
+            if trace::on() {
+                trace::notice(Notice::LogReopen, Site::Accept);
             }
         }
         drop(recorder);

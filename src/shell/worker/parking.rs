@@ -168,6 +168,7 @@ impl Worker {
             drop(Registration {
                 worker: self.clone(),
                 key,
+                g: 0,
             });
             return None;
         };

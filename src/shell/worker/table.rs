@@ -82,6 +82,9 @@ pub(super) struct ConnSlot {
     pub(super) waker: Option<Waker>,
     /// The socket of a parked connection, which has no task.
     pub(super) parked_socket: Option<TcpStream>,
+    /// The goroutine number of the connection's task in an execution trace (a new one
+    /// for each task it gets), declared at a trace's start.
+    pub(super) g: u64,
     pub(super) peer: SocketAddr,
     /// The peer as the access log writes it, formatted once (here, not in the task,
     /// keeps the task of an idle connection in a smaller allocation class).
@@ -94,9 +97,16 @@ pub(super) struct ConnSlot {
 
 impl ConnSlot {
     /// The slot of a connection accepted `now`, which owes its first head by `deadline`.
-    pub(super) fn new(fd: RawFd, peer: SocketAddr, now: Instant, deadline: Instant) -> ConnSlot {
+    pub(super) fn new(
+        fd: RawFd,
+        g: u64,
+        peer: SocketAddr,
+        now: Instant,
+        deadline: Instant,
+    ) -> ConnSlot {
         ConnSlot {
             fd,
+            g,
             state: ConnState::Idle,
             deadline,
             expired: false,
@@ -139,6 +149,8 @@ impl PeerText {
 pub(super) struct Registration {
     pub(super) worker: Rc<Worker>,
     pub(super) key: usize,
+    /// The task's number as a goroutine of the execution trace.
+    pub(super) g: u64,
 }
 
 impl Registration {
@@ -147,7 +159,8 @@ impl Registration {
     pub(super) fn release(self) -> (Rc<Worker>, usize) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never dropped (ManuallyDrop) nor used after this read, so the
-        // `Rc` is moved out exactly once and its count stays right.
+        // `Rc` is moved out exactly once and its count stays right (`key` and `g` are
+        // plain integers).
         let worker = unsafe { std::ptr::read(&this.worker) };
         (worker, this.key)
     }

@@ -4,11 +4,13 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::profile::block;
+use crate::profile::trace::{self, Notice, Site};
 use crate::telemetry::counters::{Scalar, WorkerCounters};
 
 use super::buffer::{AccessLog, Handoff, Message};
@@ -67,8 +69,14 @@ fn write_until_closed(
 ) {
     let mut is_pipe = is_pipe_like(&file);
     let mut torn = false;
+    let tracing = TraceIdentity::new();
+    // Whether the writer's goroutine (in an execution trace) is running, not waiting.
+    let mut running = false;
     let report = |what: &str, e: &io::Error| {
         counters[Scalar::LogWriteErrors].add_shared(1);
+        if trace::on() {
+            trace::notice(Notice::LogWriteFailed, Site::LogWrite);
+        }
         if !warned.swap(true, Ordering::Relaxed) {
             eprintln!("leftpad: access log {target}: {what}: {e} (counting further errors in /debug/vars)");
         }
@@ -83,11 +91,19 @@ fn write_until_closed(
             }
         };
         // Nothing queued: sleep until the worker unparks us (an unpark that came before
-        // this park makes it return at once, so no wake-up is lost).
+        // this park makes it return at once, so no wake-up is lost), or until a trace's
+        // start or end is due to be seen (the only time this thread looks at the clock).
         let Some(message) = next else {
-            std::thread::park();
+            if std::mem::take(&mut running) && trace::on() {
+                trace::writer_waits();
+            }
+            tracing.sync();
+            std::thread::park_timeout(TRACE_SYNC);
             continue;
         };
+        if !std::mem::replace(&mut running, true) && trace::on() {
+            trace::writer_wakes(tracing.g);
+        }
         match message {
             Message::Lines(mut lines) => {
                 // A line cut by a failed write (disk full) is ended before anything else
@@ -135,8 +151,58 @@ fn is_pipe_like(file: &File) -> bool {
 /// writes of at most `PIPE_BUF` bytes ending at a newline for a pipe.
 /// On failure, says how many bytes were written before it.
 fn write_lines(file: &mut File, lines: &[u8], is_pipe: bool) -> Result<(), (usize, io::Error)> {
-    // The writer's one wait: every write shows in the block profile with its length.
-    block::timed(|| write_lines_now(file, lines, is_pipe))
+    // The writer's one wait: every write shows in the block profile with its length, and
+    // in an execution trace as a blocking system call.
+    let traced = trace::on();
+    if traced {
+        trace::writer_syscall_begins();
+    }
+    let written = block::timed(|| write_lines_now(file, lines, is_pipe));
+    if traced {
+        trace::writer_syscall_ends(TraceIdentity::current_g());
+    }
+    written
+}
+
+/// How often an idle writer wakes to see whether an execution trace began or ended.
+const TRACE_SYNC: Duration = Duration::from_millis(50);
+
+/// Writers started so far: each one's index names its P and goroutine in a trace.
+static WRITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A writer thread as an execution trace knows it: its P and its one goroutine.
+struct TraceIdentity {
+    thread: trace::Thread,
+    g: u64,
+}
+
+thread_local! {
+    static WRITER_G: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl TraceIdentity {
+    fn new() -> TraceIdentity {
+        let thread = trace::Thread::LogWriter(WRITERS.fetch_add(1, Ordering::Relaxed));
+        trace::register_site(Site::LogWriter, write_until_closed as *const () as usize);
+        trace::register_site(
+            Site::LogWait,
+            std::thread::park_timeout as *const () as usize,
+        );
+        trace::register_site(Site::LogWrite, write_lines_now as *const () as usize);
+        let g = trace::next_id(trace::id_base(thread));
+        WRITER_G.with(|cell| cell.set(g));
+        TraceIdentity { thread, g }
+    }
+
+    /// The goroutine of the writer running on this thread.
+    fn current_g() -> u64 {
+        WRITER_G.with(std::cell::Cell::get)
+    }
+
+    /// Starts or ends this writer's recording (only while its goroutine waits).
+    fn sync(&self) {
+        trace::sync(self.thread, || vec![(self.g, Site::LogWriter)]);
+    }
 }
 
 fn write_lines_now(file: &mut File, lines: &[u8], is_pipe: bool) -> Result<(), (usize, io::Error)> {

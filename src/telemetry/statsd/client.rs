@@ -4,6 +4,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use crate::profile::block;
+use crate::profile::trace::{self, Notice, Site};
 
 pub struct Client {
     socket: UdpSocket,
@@ -32,6 +33,9 @@ impl Client {
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => self.socket.send(packet),
             other => other,
         };
+        if sent.is_err() && trace::on() {
+            trace::notice(Notice::StatsdSendFailed, Site::Answer);
+        }
         match sent {
             Ok(n) => n == packet.len(),
             Err(e) => {

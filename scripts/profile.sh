@@ -17,24 +17,31 @@
 #              total-top.txt (-sample_index=alloc_objects, the article's view)
 #   goroutine  connection tasks by state: top.txt, connections.txt (?debug=1)
 #   block      waits in a window under load: top.txt, traces.txt; mutex-top.txt
+#   trace      an execution trace (-s seconds, default 1): trace.out.gz, summary.txt
+#              (scripts/trace-summary.py: requests per wake-up, waits, batches, latency),
+#              net-top.txt, sched-top.txt, syscall-top.txt (go tool trace -pprof= read by
+#              go tool pprof -top), and timeline.png, the viewer's timeline as headless
+#              Chromium draws it (if chromium is installed)
 # Output in DIR (default bench-results/profile, or bench-results/profile/KIND), with
 # run.txt (machine, commit, load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-kind=cpu seconds=10 pipeline=1 kernel=auto list='leftpad::shell::worker::connection::Session::answer' outdir=''
+kind=cpu seconds='' pipeline=1 kernel=auto list='leftpad::shell::worker::connection::Session::answer' outdir=''
 while getopts "t:s:p:k:l:o:" opt; do
   case $opt in
     t) kind=$OPTARG ;; s) seconds=$OPTARG ;; p) pipeline=$OPTARG ;; k) kernel=$OPTARG ;;
     l) list=$OPTARG ;; o) outdir=$OPTARG ;;
-    *) sed -n '2,26p' "$0"; exit 2 ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
   esac
 done
+# A trace of a loaded server is large (a few hundred thousand events a second): 1 s, as Go.
+if [ "$kind" = trace ]; then seconds=${seconds:-1}; else seconds=${seconds:-10}; fi
 case $kind in
   cpu) outdir=${outdir:-bench-results/profile} ;;
-  heap | allocs | goroutine | block) outdir=${outdir:-bench-results/profile/$kind} ;;
-  *) echo "profile.sh: -t must be cpu, heap, allocs, goroutine or block, not '$kind'" >&2; exit 2 ;;
+  heap | allocs | goroutine | block | trace) outdir=${outdir:-bench-results/profile/$kind} ;;
+  *) echo "profile.sh: -t must be cpu, heap, allocs, goroutine, block or trace, not '$kind'" >&2; exit 2 ;;
 esac
 shift $((OPTIND - 1))
 for tool in wrk go curl python3; do
@@ -104,6 +111,17 @@ case $kind in
     pprof -top >"$outdir/top.txt"
     curl -fsS -o "$outdir/connections.txt" "http://$admin/debug/pprof/goroutine?debug=1"
     ;;
+  trace)
+    curl -fsS -o "$workdir/trace.out" "http://$admin/debug/pprof/trace?seconds=$seconds"
+    for view in net sched syscall; do
+      go tool trace -pprof="$view" "$workdir/trace.out" >"$workdir/$view.pb"
+      go tool pprof -top -nodecount=20 "$workdir/$view.pb" >"$outdir/$view-top.txt" 2>&1
+    done
+    go tool trace -d "$workdir/trace.out" 2>/dev/null | scripts/trace-summary.py >"$outdir/summary.txt"
+    scripts/trace-screenshot.sh "$workdir/trace.out" "$outdir/timeline.png" ||
+      echo "profile.sh: no timeline.png (chromium missing or the viewer failed)" >&2
+    gzip -9 -c "$workdir/trace.out" >"$outdir/trace.out.gz"
+    ;;
   block)
     curl -fsS -o "$outdir/mutex.pb.gz" "http://$admin/debug/pprof/mutex"
     get "block?seconds=$seconds"
@@ -126,4 +144,5 @@ wait "$wrk_pid" || true
   grep -E "Requests/sec|requests in" "$workdir/wrk.txt"
 } >"$outdir/run.txt"
 cat "$outdir/run.txt"
+if [ "$kind" = trace ]; then cat "$outdir/summary.txt"; exit 0; fi
 head -24 "$outdir/top.txt" 2>/dev/null || head -24 "$outdir/window-top.txt"

@@ -1,5 +1,5 @@
-//! `/debug/pprof/goroutine` and `/debug/pprof/block`, `/mutex` (SPEC §5): connection tasks
-//! by what they wait for, and where threads waited, read by the real `go tool pprof`.
+//! `/debug/pprof/goroutine` and `/debug/pprof/block`, `/mutex`: connection tasks by what
+//! they wait for, and where threads waited, read by the real `go tool pprof`.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{admin_get, get, go_pprof, load, read_response, Server};
+use common::{admin_get, assert_mappings, get, go_pprof, load, read_response, Server};
 
 /// The value of the `-top` row whose name contains `name` (0 if there is none).
 fn top_value(top: &str, name: &str) -> i64 {
@@ -64,6 +64,14 @@ fn goroutine_profile_counts_connections_by_state() {
         traces.contains("worker 0") && traces.contains("worker 1"),
         "{traces}"
     );
+    // The binary first, as in every profile; the frames that are not code (states,
+    // workers) in a mapping of their own that holds their addresses.
+    let (mappings, locations) = assert_mappings(&profile.body);
+    let synthetic = mappings.iter().find(|m| m.file == "[synthetic]");
+    assert!(
+        synthetic.is_some_and(|m| locations.iter().all(|l| l.mapping == Some(m.id))),
+        "{mappings:#?}\n{locations:#?}"
+    );
     drop((idle, partial));
 }
 
@@ -89,6 +97,7 @@ fn the_workers_never_wait_on_a_lock_under_load() {
     let _ = std::fs::remove_file(&log);
     for profile in [&block, &mutex] {
         assert_eq!(profile.status, 200, "{}", profile.text());
+        assert_mappings(&profile.body);
         let raw = go_pprof(&profile.body, &["-raw"]);
         assert!(
             raw.contains("contentions/count") && raw.contains("delay/nanoseconds"),

@@ -1,5 +1,5 @@
-//! The rest of Go's `net/http/pprof` (SPEC §5): heap and allocation profiles read by the
-//! real `go tool pprof`, the zero-allocation claim seen in them, `cmdline` and `symbol`.
+//! The rest of Go's `net/http/pprof`: heap and allocation profiles read by the real `go
+//! tool pprof`, the zero-allocation claim seen in them, `cmdline` and `symbol`.
 
 mod common;
 
@@ -8,7 +8,10 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{admin_get, go_pprof, load, read_response, Server};
+use common::{
+    admin_get, assert_mappings, assert_symbols_match, go_pprof, is_allocation_machinery, load,
+    read_response, Server,
+};
 
 #[test]
 fn heap_and_allocs_have_gos_sample_types_and_defaults() {
@@ -45,6 +48,11 @@ fn heap_and_allocs_have_gos_sample_types_and_defaults() {
         );
         let top = go_pprof(&response.body, &["-top"]);
         assert!(top.contains(&format!("Type: {default}")), "{path}: {top}");
+        // The binary and its build ID first; every location in its mapping; every
+        // location of the binary named by /debug/pprof/symbol as the profile names it.
+        let (_, locations) = assert_mappings(&response.body);
+        let checked = assert_symbols_match(admin, &locations, is_allocation_machinery);
+        assert!(checked > 10, "{path}: {checked}");
         // Start-up allocates (runtimes, buffers): there is something to see, named.
         let objects = go_pprof(&response.body, &["-sample_index=alloc_objects", "-top"]);
         assert!(objects.contains("leftpad::"), "{objects}");

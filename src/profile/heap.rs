@@ -334,7 +334,7 @@ pub fn encode(
     }
     // Stacks start where the program asked for memory (`Vec::push`, `Box::new`), as Go's
     // start at the allocating function rather than in `runtime.mallocgc`.
-    builder.hide(is_allocator);
+    builder.trim_leading(is_allocator);
     for stack in samples {
         let [allocs, alloc_bytes, frees, free_bytes] = stack.values;
         let (alloc_objects, alloc_space) = scale(allocs, alloc_bytes, rate);

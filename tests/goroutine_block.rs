@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{admin_get, assert_mappings, get, go_pprof, load, read_response, Server};
+use common::{admin_get, assert_mappings, get, go_pprof, load, read_response, top_rows, Server};
 
 /// The value of the `-top` row whose name contains `name` (0 if there is none).
 fn top_value(top: &str, name: &str) -> i64 {
@@ -115,6 +115,29 @@ fn the_workers_never_wait_on_a_lock_under_load() {
         !traces.contains("leftpad::worker::"),
         "a worker waited:\n{traces}"
     );
+    // Stacks end at the waiting call, the writer's write, not in the profiler's wrapper.
+    for profile in [&block, &mutex] {
+        let top = go_pprof(&profile.body, &["-top", "-nodecount=100000"]);
+        let leaves: Vec<String> = top_rows(&top)
+            .into_iter()
+            .filter(|(flat, _)| *flat > 0.0)
+            .map(|(_, name)| name)
+            .collect();
+        assert!(
+            !leaves
+                .iter()
+                .any(|name| name.starts_with("leftpad::profile::")),
+            "a profiler frame is a leaf:\n{top}"
+        );
+        if std::ptr::eq(profile, &block) {
+            assert!(
+                leaves
+                    .iter()
+                    .any(|name| name == "leftpad::accesslog::write_lines"),
+                "the writer's write is the leaf:\n{top}"
+            );
+        }
+    }
     let mutex_traces = go_pprof(&mutex.body, &["-traces"]);
     assert!(
         !mutex_traces.contains("leftpad::worker::"),

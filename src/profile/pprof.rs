@@ -125,7 +125,8 @@ pub struct Builder {
     location_msgs: Vec<Vec<u8>>,
     sample_msgs: Vec<Vec<u8>>,
     trim: Option<fn(&str) -> bool>,
-    /// Functions left out at the top of stacks, with the number of stacks they topped.
+    /// The outermost function left out of each trimmed stack (the one the first function
+    /// shown called), with the number of stacks.
     trimmed: BTreeMap<String, u64>,
     trimmed_stacks: u64,
 }
@@ -218,8 +219,9 @@ impl Builder {
         self.trim = Some(hidden);
     }
 
-    /// The stacks that were trimmed, and the functions left out with the number of
-    /// stacks each was left out of, most frequent first.
+    /// The stacks that were trimmed, and for each the outermost function left out (the
+    /// one the first function shown called), with the number of stacks, most frequent
+    /// first.
     pub fn trimmed(&self) -> (u64, Vec<(String, u64)>) {
         let mut names: Vec<(String, u64)> = self
             .trimmed
@@ -243,15 +245,13 @@ impl Builder {
         debug_assert_eq!(values.len(), self.sample_types.len());
         let location_ids = match self.trim {
             Some(hidden) => {
-                let (ids, left_out) = self.locations_of(stack, Some(hidden));
+                let (ids, mut left_out) = self.locations_of(stack, Some(hidden));
                 if ids.is_empty() && !left_out.is_empty() {
                     self.locations_of(stack, None).0
                 } else {
-                    if !left_out.is_empty() {
+                    if let Some(outermost) = left_out.pop() {
                         self.trimmed_stacks += 1;
-                        for name in left_out {
-                            *self.trimmed.entry(name).or_insert(0) += 1;
-                        }
+                        *self.trimmed.entry(outermost).or_insert(0) += 1;
                     }
                     ids
                 }
@@ -272,7 +272,7 @@ impl Builder {
     }
 
     /// The location ids of `stack`, with the leading functions `hidden` accepts left
-    /// out (and their names, one per stack).
+    /// out (and their names, innermost first).
     fn locations_of(
         &mut self,
         stack: &[Frame],
@@ -289,11 +289,7 @@ impl Builder {
             if let Some(hidden) = trimming {
                 let symbols = &self.symbolized[lines];
                 skip = symbols.iter().take_while(|s| hidden(&s.name)).count();
-                for symbol in &symbols[..skip] {
-                    if !left_out.contains(&symbol.name) {
-                        left_out.push(symbol.name.clone());
-                    }
-                }
+                left_out.extend(symbols[..skip].iter().map(|s| s.name.clone()));
                 if skip == symbols.len() {
                     continue;
                 }
@@ -718,13 +714,7 @@ mod tests {
         b.add_sample(&stack, &[1], &[]);
         b.add_sample(&[named("alloc_only")], &[1], &[]);
         b.add_sample(&[named("caller"), named("main")], &[1], &[]);
-        assert_eq!(
-            b.trimmed(),
-            (
-                1,
-                vec![("alloc_inner".to_owned(), 1), ("alloc_outer".to_owned(), 1)]
-            )
-        );
+        assert_eq!(b.trimmed(), (1, vec![("alloc_outer".to_owned(), 1)]));
         let p = pprof::protos::Profile::decode(b.encode().as_slice()).expect("valid protobuf");
         let names = |sample: usize| -> Vec<String> {
             p.sample[sample]

@@ -530,6 +530,23 @@ pub fn is_allocation_machinery(name: &str) -> bool {
         || name.contains(" as core::alloc::")
 }
 
+/// The rows of `go tool pprof -top -unit=B` (or any `-unit`): (flat value, name), with
+/// pprof's " (inline)" mark removed. Values are read in the unit asked for.
+pub fn top_rows(top: &str) -> Vec<(f64, String)> {
+    top.lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let value = words.first()?;
+            let number = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let name = words.get(5..)?.join(" ");
+            let name = name.strip_suffix(" (inline)").unwrap_or(&name).to_owned();
+            Some((number.parse().ok()?, name))
+        })
+        .collect()
+}
+
 /// POSTs `addresses` to `/debug/pprof/symbol` and returns the names it gives, by address.
 pub fn symbol_lookup(
     admin: SocketAddr,

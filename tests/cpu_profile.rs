@@ -1,6 +1,8 @@
-//! CPU profiles that see the whole CPU (README.md, "Profiling and live counters"): samples cover the process's user and
-//! system time, system calls sit under the Rust code that made them, and the kernel's own
-//! frames appear below them where the kernel permits it. Read by the real `go tool pprof`.
+//! CPU profiles that see the whole CPU (README.md, "Profiling and live counters"): samples
+//! cover the process's user and system time, system calls sit under the Rust code that
+//! made them, and the kernel's own frames appear below them where the kernel permits it;
+//! the profile names the binary it ran (mappings, build ID) so that `disasm` works. Read
+//! by the real `go tool pprof`.
 
 mod common;
 
@@ -8,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{admin_get, cpu_seconds, go_pprof, load, load_with, Server};
+use common::{
+    admin_get, assert_mappings, assert_symbols_match, binary_path, cpu_seconds, go_pprof, load,
+    load_with, Server,
+};
 
 /// Under emulation (qemu-user in CI's aarch64 run, built with `--cfg leftpad_emulated`)
 /// neither per-thread CPU clocks nor perf events behave as on a kernel: the accounting
@@ -209,6 +214,11 @@ fn assert_coverage(profile: &[u8], used: f64) {
 fn without_kernel_frames_every_sample_is_kept_and_syscalls_sit_under_their_callers() {
     let (profile, used) = profile_under_load("off");
     assert_coverage(&profile, used);
+    let (mappings, _) = assert_mappings(&profile);
+    assert!(
+        !mappings.iter().any(|m| m.file == "[kernel.kallsyms]"),
+        "{mappings:#?}"
+    );
     let traces = traces(&profile);
     assert!(
         !traces.iter().flatten().any(|f| is_kernel(f)),
@@ -259,6 +269,16 @@ fn with_kernel_frames_the_profile_continues_below_the_system_call() {
     common::require_root("kernel frames need perf events with the kernel's call chains");
     let (profile, used) = profile_under_load("on");
     assert_coverage(&profile, used);
+    // Kernel functions in a mapping of their own, as perf names the kernel.
+    let (mappings, locations) = assert_mappings(&profile);
+    let kernel = mappings
+        .iter()
+        .find(|m| m.file == "[kernel.kallsyms]")
+        .unwrap_or_else(|| panic!("no kernel mapping: {mappings:#?}"));
+    assert!(
+        locations.iter().any(|l| l.mapping == Some(kernel.id)),
+        "no location in {kernel:?}"
+    );
     let traces = traces(&profile);
     // Kernel functions, then the libc function that entered the kernel, then Rust.
     let below_a_syscall = traces.iter().find(|t| {
@@ -273,6 +293,86 @@ fn with_kernel_frames_the_profile_continues_below_the_system_call() {
     );
     let comments = go_pprof(&profile, &["-comments"]);
     assert!(comments.contains("kernel frames: yes"), "{comments}");
+}
+
+/// What `-disasm` needs of a Rust function with Go 1.19's `go tool pprof`: its regexp
+/// is matched against the profile's (demangled) name, followed by the file in `disasm`'s
+/// node names, and against the binary's symbol table as it stands (mangled:
+/// `_ZN7leftpad3app7handler3App7leftpad17h<hash>E`), so `App::leftpad$` matches neither.
+/// This form matches `leftpad::app::handler::App::leftpad` in both and not its closures.
+const DISASM_APP_LEFTPAD: &str = "App(::|7)leftpad( |17h)";
+
+/// The article's `disasm`, on the binary the server runs (a position-independent
+/// executable): the profile's first mapping is that binary with its build ID, every
+/// location lies in its mapping, `-disasm` prints the function's instructions with
+/// samples at addresses `objdump` finds in the binary, and `/debug/pprof/symbol` names
+/// every location of the binary as the profile does (callers at their call instruction).
+#[test]
+fn disasm_finds_the_samples_of_a_function_in_the_binary_the_server_runs() {
+    if emulated() {
+        eprintln!("skipped: no CPU samples under qemu-user, and the host's objdump reads x86-64");
+        return;
+    }
+    let server = Server::start(&["--access-log", "off", "--statsd", "off"]);
+    let admin = server.admin.unwrap();
+    let (stop, loader) = load(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    let response = admin_get(admin, "/debug/pprof/profile?seconds=3");
+    stop.store(true, Ordering::Relaxed);
+    assert!(loader.join().unwrap() > 1000);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let profile = response.body;
+
+    let (mappings, locations) = assert_mappings(&profile);
+    if cfg!(target_env = "gnu") {
+        assert!(
+            mappings
+                .iter()
+                .any(|m| m.file.contains("/libc.so") && !m.build_id.is_empty()),
+            "libc's mapping with its build ID: {mappings:#?}"
+        );
+    }
+    let checked = assert_symbols_match(admin, &locations, |_| false);
+    assert!(checked > 20, "only {checked} locations in the binary");
+
+    let binary = binary_path();
+    let disasm = go_pprof(&profile, &["-disasm", DISASM_APP_LEFTPAD, &binary]);
+    assert!(
+        disasm.contains("ROUTINE ======================== _ZN7leftpad3app7handler3App7leftpad17h"),
+        "{disasm}"
+    );
+    // Instruction lines: "      10ms      330ms     31067a: CALL 0x3c96b0(IP)  ;...".
+    let sampled: Vec<u64> = disasm
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let address = words.get(2)?.strip_suffix(':')?;
+            let address = u64::from_str_radix(address, 16).ok()?;
+            (words[0] != "." || words[1] != ".").then_some(address)
+        })
+        .collect();
+    assert!(
+        !sampled.is_empty(),
+        "no instruction with samples:\n{disasm}"
+    );
+    // Each is an instruction of that function in the binary, by objdump's own reading.
+    for &address in sampled.iter().take(5) {
+        let out = std::process::Command::new("objdump")
+            .args([
+                "-d",
+                "--no-show-raw-insn",
+                &format!("--start-address={address:#x}"),
+                &format!("--stop-address={:#x}", address + 1),
+                &binary,
+            ])
+            .output()
+            .expect("objdump (binutils) is needed for this test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("App7leftpad17h") && text.contains(&format!("{address:x}:")),
+            "objdump at {address:#x}:\n{text}"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The rest of Go's `net/http/pprof` (README.md, "Profiling and live counters"): heap and allocation profiles read by the
-//! real `go tool pprof`, the zero-allocation claim seen in them, `cmdline` and `symbol`.
+//! The rest of Go's `net/http/pprof` (README.md, "Profiling and live counters"): heap and
+//! allocation profiles read by the real `go tool pprof`, the zero-allocation claim seen in
+//! them, `cmdline` and `symbol`.
 
 mod common;
 
@@ -8,7 +9,10 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{admin_get, go_pprof, load, read_response, Server};
+use common::{
+    admin_get, assert_mappings, assert_symbols_match, go_pprof, is_allocation_machinery, load,
+    read_response, top_rows, Server,
+};
 
 #[test]
 fn heap_and_allocs_have_gos_sample_types_and_defaults() {
@@ -45,6 +49,11 @@ fn heap_and_allocs_have_gos_sample_types_and_defaults() {
         );
         let top = go_pprof(&response.body, &["-top"]);
         assert!(top.contains(&format!("Type: {default}")), "{path}: {top}");
+        // The binary and its build ID first; every location in its mapping; every
+        // location of the binary named by /debug/pprof/symbol as the profile names it.
+        let (_, locations) = assert_mappings(&response.body);
+        let checked = assert_symbols_match(admin, &locations, is_allocation_machinery);
+        assert!(checked > 10, "{path}: {checked}");
         // Start-up allocates (runtimes, buffers): there is something to see, named.
         let objects = go_pprof(&response.body, &["-sample_index=alloc_objects", "-top"]);
         assert!(objects.contains("leftpad::"), "{objects}");
@@ -102,6 +111,89 @@ fn under_load_no_allocation_comes_from_the_request_path() {
     // The sampler was on all along: the whole-run profile holds start-up's allocations.
     let whole = go_pprof(&all_allocs, &["-sample_index=alloc_objects", "-traces"]);
     assert!(whole.contains("leftpad::"), "{whole}");
+}
+
+/// The brief's list of the `alloc` crate's allocation machinery, matched loosely, as a
+/// reader of `top` would: none of it may be where the bytes are.
+fn looks_like_machinery(name: &str) -> bool {
+    is_allocation_machinery(name)
+        || [
+            "raw_vec",
+            "finish_grow",
+            "with_capacity",
+            "to_vec",
+            "Box<T>::new",
+            "Box::new",
+            "reserve",
+            "try_allocate_in",
+            "grow_one",
+            "grow_amortized",
+        ]
+        .iter()
+        .any(|part| name.contains(part))
+}
+
+/// Go's heap profiles start at the function that asked for memory: `top` names who
+/// allocated, not the allocator's plumbing. With every allocation sampled, at least 90%
+/// of the bytes of start-up's allocations (runtimes, connection tables, buffers) sit on
+/// a leaf outside the `alloc` crate's machinery, and the profile says what it hid.
+#[test]
+fn memory_profiles_start_at_the_allocating_function() {
+    let server = Server::start(&["--heap-profile-rate", "1"]);
+    let admin = server.admin.unwrap();
+    for path in ["allocs", "heap"] {
+        let profile = admin_get(admin, &format!("/debug/pprof/{path}")).body;
+        let top = go_pprof(
+            &profile,
+            &[
+                "-sample_index=alloc_space",
+                "-unit=B",
+                "-top",
+                "-nodecount=100000",
+            ],
+        );
+        let rows = top_rows(&top);
+        let total: f64 = rows.iter().map(|(bytes, _)| bytes).sum();
+        let machinery: f64 = rows
+            .iter()
+            .filter(|(_, name)| looks_like_machinery(name))
+            .map(|(bytes, _)| bytes)
+            .sum();
+        assert!(total > 100_000.0, "start-up allocates: {total} B\n{top}");
+        assert!(
+            machinery <= 0.1 * total,
+            "{path}: {machinery} of {total} B on allocation machinery:\n{top}"
+        );
+        // Leaves name code of this program or its libraries, and the comment says what
+        // was hidden.
+        assert!(
+            rows.iter().any(|(b, name)| *b > 0.0 && name.contains("::")),
+            "{top}"
+        );
+        let comments = go_pprof(&profile, &["-comments"]);
+        assert!(
+            comments.contains("stacks start at the allocating function")
+                && comments.contains("the hidden call each allocating function made"),
+            "{comments}"
+        );
+    }
+    // The objects view of the article (`-sample_index=alloc_objects -top`) too.
+    let allocs = admin_get(admin, "/debug/pprof/allocs").body;
+    let top = go_pprof(
+        &allocs,
+        &["-sample_index=alloc_objects", "-top", "-nodecount=100000"],
+    );
+    let rows = top_rows(&top);
+    let total: f64 = rows.iter().map(|(n, _)| n).sum();
+    let machinery: f64 = rows
+        .iter()
+        .filter(|(_, name)| looks_like_machinery(name))
+        .map(|(n, _)| n)
+        .sum();
+    assert!(
+        machinery <= 0.1 * total,
+        "{machinery} of {total} objects on allocation machinery:\n{top}"
+    );
 }
 
 #[test]

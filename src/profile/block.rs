@@ -47,7 +47,11 @@ fn table(kind: Kind) -> &'static StackTable {
 }
 
 /// Locks `mutex`, recording the wait if it was contended. Poisoning is the caller's to
-/// handle, as with `Mutex::lock`.
+/// handle, as with `Mutex::lock`. Never inlined, like [`timed`] and [`would_block`]: the
+/// profiler's own frames are whole frames of their own, left out of the profile by name,
+/// so the recorded stack ends at the caller's call of `lock`, and the location there
+/// names the caller.
+#[inline(never)]
 pub fn lock<T>(
     mutex: &Mutex<T>,
 ) -> Result<MutexGuard<'_, T>, std::sync::PoisonError<MutexGuard<'_, T>>> {
@@ -65,6 +69,7 @@ pub fn lock<T>(
 }
 
 /// Runs a blocking call and records how long it took in the block profile.
+#[inline(never)]
 pub fn timed<R>(call: impl FnOnce() -> R) -> R {
     let start = Instant::now();
     let result = call();
@@ -73,6 +78,7 @@ pub fn timed<R>(call: impl FnOnce() -> R) -> R {
 }
 
 /// Records an operation that would have blocked and was refused instead.
+#[inline(never)]
 pub fn would_block() {
     record(&[Kind::Block], Duration::ZERO);
 }
@@ -81,7 +87,9 @@ pub fn would_block() {
 #[inline(never)]
 fn record(kinds: &[Kind], delay: Duration) {
     let mut stack = [0u64; MAX_DEPTH];
-    // Skip the return address into this function's caller in this module.
+    // Skip the walk's return into this function. The return into `lock`, `timed` or
+    // `would_block` stays (unless the compiler made the call a jump): they are left out
+    // by name when the profile is written, which holds whatever the code generation.
     let depth = frames::walk(1, &mut stack);
     let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
     for &kind in kinds {
@@ -132,6 +140,13 @@ pub fn encode(
     if lost > 0 {
         builder.comment(&format!("{lost} waits not recorded (a table was full)"));
     }
+    builder.comment(
+        "stacks end at the waiting call (a contended lock, the blocking write, the refused \
+         send): the profiler's own wrapper frames (leftpad::profile::block) are left out",
+    );
+    // As Go's block profile starts at `sync.(*Mutex).Lock`, not at the runtime's
+    // semaphore code that measured the wait.
+    builder.trim_leading(is_profiler);
     for counted in samples {
         let frames = Frame::walked(&counted.frames, false);
         let values = [counted.values[CONTENTIONS], counted.values[DELAY]];
@@ -142,6 +157,23 @@ pub fn encode(
         );
     }
     builder.gzip()
+}
+
+/// The profiler's own functions, left out at the top of block and mutex stacks: the
+/// wrappers above and the recording and walking under them (not any other code of the
+/// profile module, such as its tests' callers).
+fn is_profiler(name: &str) -> bool {
+    const OWN: [&str; 5] = [
+        "leftpad::profile::block::lock",
+        "leftpad::profile::block::timed",
+        "leftpad::profile::block::would_block",
+        "leftpad::profile::block::record",
+        "leftpad::profile::frames::walk",
+    ];
+    OWN.iter().any(|own| {
+        name.strip_prefix(own)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('<'))
+    })
 }
 
 #[cfg(test)]
@@ -177,6 +209,34 @@ mod tests {
         assert_eq!(
             super::super::stacks::difference(&quiet, &snapshot(Kind::Mutex)),
             []
+        );
+
+        // The profile's stack ends at the waiting call, the closure that called `lock`,
+        // not in the profiler.
+        let encoded = encode(Kind::Mutex, &new, SystemTime::now(), None).expect("encoded");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&encoded[..]), &mut bytes)
+            .expect("gzip");
+        let p = <pprof::protos::Profile as pprof::protos::Message>::decode(bytes.as_slice())
+            .expect("valid protobuf");
+        let leaf = &p.location[p.sample[0].location_id[0] as usize - 1];
+        let function = &p.function[leaf.line[0].function_id as usize - 1];
+        let name = &p.string_table[function.name as usize];
+        assert!(name.contains("contend_once::{{closure}}"), "{name}");
+        assert!(is_profiler("leftpad::profile::block::timed"));
+        assert!(!is_profiler(
+            "leftpad::profile::block::tests::contend_once::{{closure}}"
+        ));
+        let comments: Vec<&str> = p
+            .comment
+            .iter()
+            .map(|&c| p.string_table[c as usize].as_str())
+            .collect();
+        assert!(
+            comments
+                .iter()
+                .any(|c| c.contains("end at the waiting call")),
+            "{comments:?}"
         );
     }
 }

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::kernel::{KernelSymbols, KERNEL_FILE};
+use super::kernel::KernelSymbols;
 use super::perf::{self, PerfSample, PerfSampler};
-use super::pprof::{Builder, Frame};
+use super::pprof::{call_address, Builder, Frame};
 use super::sampler::{RawSample, SignalSampler};
 use super::symbols;
 use super::unwind::{StackUnwinder, MAX_FRAMES};
@@ -105,6 +105,8 @@ struct Profile {
     /// Nanoseconds the samples stand for, and the process's CPU time in the window.
     sampled_ns: i64,
     cpu_ns: Option<i64>,
+    /// The kernel's text, when kernel frames are named: the span of its mapping.
+    kernel_text: Option<std::ops::Range<u64>>,
 }
 
 fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
@@ -127,6 +129,7 @@ fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
         comments: Vec::new(),
         sampled_ns: 0,
         cpu_ns: None,
+        kernel_text: None,
     };
     let started = Instant::now();
     let cpu_before = process_cpu_ns();
@@ -230,6 +233,7 @@ impl Profile {
             )),
         }
         let kernel_symbols = kernel_symbols.as_ref().ok();
+        self.kernel_text = kernel_symbols.and_then(KernelSymbols::text);
         let mut sink = |sample: &PerfSample<'_>| {
             let stack = perf_stack(sample, unwinder, kernel_symbols);
             let nanos = i64::try_from(sample.period).unwrap_or(i64::MAX);
@@ -270,6 +274,9 @@ impl Profile {
             period,
         );
         builder.time(self.start, self.duration);
+        if let Some(text) = &self.kernel_text {
+            builder.kernel_text(text.clone());
+        }
         for comment in &self.comments {
             builder.comment(comment);
         }
@@ -322,12 +329,12 @@ impl Profile {
 fn flame_names(frame: &Frame) -> Vec<String> {
     let clean = |name: &str| name.replace(';', ":");
     match frame {
-        Frame::Code { address, is_return } => symbols::resolve(*address, *is_return)
+        Frame::Code { address } => symbols::resolve_at(*address)
             .iter()
             .rev()
             .map(|symbol| clean(&symbol.name))
             .collect(),
-        Frame::Named { name, file } if *file == KERNEL_FILE => vec![format!("{}_[k]", clean(name))],
+        Frame::Kernel { name, .. } => vec![format!("{}_[k]", clean(name))],
         Frame::Named { name, .. } => vec![clean(name)],
     }
 }
@@ -344,19 +351,16 @@ fn perf_stack(
         .iter()
         .enumerate()
         .map(|(i, &address)| {
-            // Callers' addresses are return addresses: look up the call before them.
-            let lookup = if i > 0 {
-                address.wrapping_sub(1)
+            // Callers' addresses are return addresses: name and keep the call before them.
+            let address = if i > 0 {
+                call_address(address)
             } else {
                 address
             };
             let name = kernel_symbols
-                .and_then(|symbols| symbols.name(lookup))
+                .and_then(|symbols| symbols.name(address))
                 .map_or_else(|| format!("[kernel] {address:#x}"), str::to_owned);
-            Frame::Named {
-                name,
-                file: KERNEL_FILE,
-            }
+            Frame::Kernel { address, name }
         })
         .collect();
     if let Some(regs) = sample.user {
@@ -452,9 +456,9 @@ mod tests {
 
     #[test]
     fn kernel_frames_are_marked_for_the_flame_graph() {
-        let kernel = Frame::Named {
+        let kernel = Frame::Kernel {
+            address: 0xffff_ffff_8100_0010,
             name: "tcp_sendmsg".into(),
-            file: KERNEL_FILE,
         };
         assert_eq!(flame_names(&kernel), ["tcp_sendmsg_[k]"]);
         let state = Frame::Named {

@@ -124,9 +124,9 @@ pub fn pprof(workers: &[Option<WorkerTasks>]) -> std::io::Result<Vec<u8>> {
                     name: worker_name.clone(),
                     file: "",
                 },
+                // The entry function's own address: an exact pc, not a return address.
                 Frame::Code {
                     address: worker.entry,
-                    is_return: false,
                 },
             ];
             let labels = [("worker", worker_name.as_str()), ("state", state)];

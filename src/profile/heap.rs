@@ -39,8 +39,9 @@ const LIVE: usize = 1 << 16;
 /// Longest probe sequence in the live table before giving up (counted as a loss).
 const MAX_PROBES: usize = 64;
 /// Frames of the hook itself at the top of every walk: the return addresses into
-/// `record` and `sample` (neither is inlined). The allocator's own frames above them are
-/// trimmed by name when the profile is written.
+/// `record` and `sample` (neither is inlined). The allocator's own frames above them, and
+/// the `alloc` crate's, are trimmed by name when the profile is written
+/// ([`is_allocation_machinery`]).
 const HOOK_FRAMES: usize = 2;
 
 /// Bytes per sample; 0 is off. Set once at startup from `--heap-profile-rate`.
@@ -332,9 +333,9 @@ pub fn encode(
             lost()
         ));
     }
-    // Stacks start where the program asked for memory (`Vec::push`, `Box::new`), as Go's
-    // start at the allocating function rather than in `runtime.mallocgc`.
-    builder.hide(is_allocator);
+    // Stacks start at the function that asked for memory, as Go's start above
+    // `runtime.mallocgc`: `top` then names who allocated, not `RawVec`'s growth.
+    builder.trim_leading(is_allocation_machinery);
     for stack in samples {
         let [allocs, alloc_bytes, frees, free_bytes] = stack.values;
         let (alloc_objects, alloc_space) = scale(allocs, alloc_bytes, rate);
@@ -350,26 +351,111 @@ pub fn encode(
             &[],
         );
     }
+    builder.comment(&hidden_comment(&builder, samples.len()));
     builder.gzip()
 }
 
-/// The global allocator's own functions: the allocation shims, our wrapper, this
-/// module, and std's generic allocation path (hidden from memory profiles).
-fn is_allocator(name: &str) -> bool {
-    const SHIMS: [&str; 6] = [
+/// Says what the trimming hid, so that the shorter stacks are no mystery: how many began
+/// with allocation machinery, and which machinery the allocating functions called.
+fn hidden_comment(builder: &Builder, stacks: usize) -> String {
+    let (trimmed, names) = builder.trimmed();
+    let mut text = format!(
+        "stacks start at the allocating function, as Go's start above runtime.mallocgc: \
+         their leading frames of the global allocator (mimalloc, the counting wrapper, \
+         this profiler's hook, the __rust_alloc shims) and of the alloc crate's machinery \
+         (Vec/String growth and reserve, with_capacity, to_vec, Box::new, format!, \
+         collections; std's HashMap) are hidden: {trimmed} of {stacks} stacks"
+    );
+    if !names.is_empty() {
+        let most: Vec<String> = names
+            .iter()
+            .take(8)
+            .map(|(name, count)| format!("{name} ({count})"))
+            .collect();
+        text.push_str(&format!(
+            "; the hidden call each allocating function made, most often: {}",
+            most.join(", ")
+        ));
+    }
+    text
+}
+
+/// Paths whose functions are allocation machinery: the `alloc` crate (the language-level
+/// allocations: `Vec` and `String` growth, `with_capacity`, `to_vec`, `Box::new`,
+/// `format!`, `Rc`/`Arc`, collections), the allocator API and std's glue, std's
+/// `HashMap` growth (hashbrown), `collect`'s dispatch, and this process's allocator:
+/// mimalloc, the counting wrapper, this module. Go's analogues (`runtime.mallocgc`,
+/// `makeslice`, `growslice`, `newobject`, `mapassign`, `concatstrings`) are runtime
+/// functions, hidden from its heap profiles.
+const MACHINERY: [&str; 10] = [
+    "alloc::",
+    "core::alloc::",
+    "std::alloc::",
+    "std::collections::hash::",
+    "hashbrown::",
+    "core::iter::traits::iterator::Iterator::collect",
+    "mimalloc::",
+    "libmimalloc_sys::",
+    "leftpad::telemetry::allocator::CountingAllocator",
+    "leftpad::profile::heap::",
+];
+
+/// Methods that only size a container's storage, in any crate (`slab::Slab::with_capacity`,
+/// `bytes::BytesMut::reserve`): at the top of a stack they are the container's growth,
+/// not the caller's decision to allocate, which is the frame below them.
+const SIZING: [&str; 6] = [
+    "with_capacity",
+    "with_capacity_in",
+    "reserve",
+    "reserve_exact",
+    "try_reserve",
+    "try_reserve_exact",
+];
+
+/// Whether `name` (demangled) is allocation machinery, hidden at the top of memory
+/// profiles' stacks: a function of [`MACHINERY`], an implementation on one of its types
+/// or of one of its traits (`<alloc::string::String as core::fmt::Write>::write_str`,
+/// `<str as alloc::borrow::ToOwned>::to_owned`), a [`SIZING`] method, or an allocation
+/// shim.
+pub fn is_allocation_machinery(name: &str) -> bool {
+    const SHIMS: [&str; 10] = [
         "__rust_alloc",
         "__rust_alloc_zeroed",
         "__rust_realloc",
+        "__rust_dealloc",
         "__rg_alloc",
         "__rg_alloc_zeroed",
         "__rg_realloc",
+        "__rdl_alloc",
+        "__rdl_alloc_zeroed",
+        "__rdl_realloc",
     ];
     let last = name.rsplit("::").next().unwrap_or(name);
-    SHIMS.contains(&last)
-        || name.contains("CountingAllocator")
-        || name.starts_with("leftpad::profile::heap::")
-        || name.starts_with("alloc::alloc::")
-        || name.starts_with("<alloc::alloc::Global")
+    if SHIMS.contains(&last) || SIZING.contains(&last) {
+        return true;
+    }
+    let listed = |path: &str| MACHINERY.iter().any(|prefix| path.starts_with(prefix));
+    match name.strip_prefix('<') {
+        // `<Type as Trait>::method`: the type, then the trait after the ` as ` at the
+        // outermost level (types have generic arguments of their own).
+        Some(inner) => listed(inner) || trait_of(inner).is_some_and(listed),
+        None => listed(name),
+    }
+}
+
+/// The trait of `Type as Trait>::method` (the text after `<`), if there is one.
+fn trait_of(inner: &str) -> Option<&str> {
+    let mut depth = 0usize;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth == 0 => return None,
+            '>' => depth -= 1,
+            ' ' if depth == 0 && inner[i..].starts_with(" as ") => return Some(&inner[i + 4..]),
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -401,21 +487,47 @@ mod tests {
     }
 
     #[test]
-    fn allocator_frames_are_recognised_by_exact_names() {
+    fn allocation_machinery_is_recognised_by_its_paths() {
         for name in [
             "__rustc::__rust_alloc",
             "__rust_realloc",
             "<leftpad::telemetry::allocator::CountingAllocator as core::alloc::global::GlobalAlloc>::alloc",
             "alloc::alloc::Global::alloc_impl",
+            "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
+            "alloc::raw_vec::RawVecInner<A>::grow_amortized",
+            "alloc::raw_vec::finish_grow",
+            "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+            "alloc::vec::Vec<T,A>::with_capacity_in",
+            "alloc::vec::Vec<T,A>::reserve",
+            "alloc::slice::<impl [T]>::to_vec",
+            "alloc::boxed::Box<T>::new",
+            "alloc::string::String::reserve",
+            "<alloc::string::String as core::fmt::Write>::write_str",
+            "<str as alloc::borrow::ToOwned>::to_owned",
+            "<alloc::vec::Vec<T> as alloc::vec::spec_from_iter::SpecFromIter<T,I>>::from_iter",
+            "<core::iter::adapters::map::Map<I,F> as alloc::vec::Extend<T>>::extend",
+            "alloc::fmt::format::format_inner",
+            "hashbrown::raw::RawTable<T,A>::reserve_rehash",
+            "std::collections::hash::map::HashMap<K,V,S>::insert",
+            "core::iter::traits::iterator::Iterator::collect",
+            "leftpad::profile::heap::on_alloc",
+            "slab::Slab<T>::with_capacity",
+            "bytes::bytes_mut::BytesMut::reserve",
         ] {
-            assert!(is_allocator(name), "{name}");
+            assert!(is_allocation_machinery(name), "{name}");
         }
         for name in [
             "std::sys::backtrace::__rust_begin_short_backtrace",
-            "alloc::raw_vec::RawVecInner<A>::grow_amortized",
+            "std::io::default_read_to_end",
+            "std::fs::read_to_string",
             "leftpad::telemetry::accesslog::Writer::run",
+            "leftpad::shell::server::start_and_wait",
+            "<leftpad::app::handler::App as leftpad::http::conn::Service>::handle",
+            "<core::result::Result<T,E> as core::ops::try_trait::Try>::branch",
+            "<Vec<u8> as leftpad::Thing>::f",
+            "core::fmt::write",
         ] {
-            assert!(!is_allocator(name), "{name}");
+            assert!(!is_allocation_machinery(name), "{name}");
         }
     }
 

@@ -46,6 +46,12 @@ impl KernelSymbols {
         }
     }
 
+    /// From the first code symbol to the last (modules included): the span of the
+    /// `[kernel.kallsyms]` mapping of a profile.
+    pub fn text(&self) -> Option<std::ops::Range<u64>> {
+        Some(*self.starts.first()?..self.starts.last()?.saturating_add(1))
+    }
+
     /// The function containing `address`, if it lies in the kernel's text.
     pub fn name(&self, address: u64) -> Option<&str> {
         let index = self.starts.partition_point(|&start| start <= address);
@@ -75,6 +81,10 @@ mod tests {
         );
         assert_eq!(symbols.name(0xffff_ffff_c000_0010), Some("ext4_write"));
         assert_eq!(symbols.name(0xffff_ffff_8000_0000), None);
+        assert_eq!(
+            symbols.text(),
+            Some(0xffff_ffff_8100_0100..0xffff_ffff_c000_0001)
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! the admin listener only routes requests to them. The shared parts:
 //!
 //! - [`pprof`]: the profile format (`profile.proto`, gzip), one builder for every kind;
-//! - [`symbols`]: addresses to function names, files and lines, after sampling;
+//! - [`mappings`]: the process's code mappings and build IDs, which every profile carries;
+//! - [`symbols`]: addresses to function names, files and lines, after sampling (with
+//!   [`plt`] for the stubs of calls into shared libraries);
 //! - [`stacks`]: a lock-free table of stacks with counters, for the profiles that record
 //!   where events happen;
 //! - [`unwind`]: stack unwinding with CFI, exact through libc and the vDSO, safe in a
@@ -29,7 +31,9 @@ pub mod frames;
 pub mod goroutine;
 pub mod heap;
 pub mod kernel;
+pub mod mappings;
 pub mod perf;
+pub mod plt;
 pub mod pprof;
 pub mod sampler;
 pub mod stacks;

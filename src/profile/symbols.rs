@@ -24,16 +24,38 @@ pub struct Symbol {
 /// without symbols is named by its hexadecimal value. A return address (`is_return`)
 /// points after its call instruction, so the call is looked up one byte earlier.
 pub fn resolve(address: u64, is_return: bool) -> Vec<Symbol> {
+    if is_return {
+        resolve_at(super::pprof::call_address(address))
+    } else {
+        resolve_at(address)
+    }
+}
+
+/// The functions at the instruction at `address`, innermost (inlined) first, as
+/// [`resolve`]: for a caller's frame, pass its call instruction
+/// ([`super::pprof::call_address`]).
+pub fn resolve_at(address: u64) -> Vec<Symbol> {
+    let mut symbols = lookup(address);
+    if symbols.is_empty() {
+        symbols.push(Symbol {
+            name: format!("{address:#x}"),
+            file: String::new(),
+            line: 0,
+        });
+    }
+    symbols
+}
+
+/// The functions at the instruction at `address`, innermost first, as [`resolve_at`];
+/// empty when nothing names it. A stub of the procedure linkage table is named as
+/// `objdump` names it (`memcpy@plt`, see [`super::plt`]).
+pub fn lookup(address: u64) -> Vec<Symbol> {
     if let Some(symbol) = vdso().and_then(|vdso| vdso.resolve(address)) {
         return vec![symbol];
     }
     // `backtrace::resolve` always looks up one byte before the address it is given (it
-    // expects return addresses), so an exact address is passed one byte on.
-    let lookup = if is_return {
-        address
-    } else {
-        address.saturating_add(1)
-    };
+    // expects return addresses), so the exact address is passed one byte on.
+    let lookup = address.saturating_add(1);
     let mut symbols = Vec::new();
     backtrace::resolve(lookup as usize as *mut std::ffi::c_void, |symbol| {
         let Some(name) = symbol.name() else { return };
@@ -48,18 +70,24 @@ pub fn resolve(address: u64, is_return: bool) -> Vec<Symbol> {
         });
     });
     if symbols.is_empty() {
-        symbols.push(Symbol {
-            name: format!("{address:#x}"),
-            file: String::new(),
-            line: 0,
-        });
+        if let Some(name) = super::plt::name(address) {
+            symbols.push(Symbol {
+                name,
+                file: String::new(),
+                line: 0,
+            });
+        }
     }
     symbols
 }
 
 /// Go's symbol look-up protocol (`/debug/pprof/symbol`): `+`-separated addresses (hex
 /// with `0x`, or decimal) in, `num_symbols: 1` and then one `0xADDR name` line per
-/// address that names a function out; unknown addresses are left out, as Go does.
+/// address that names a function out; unknown addresses are left out, as Go does. The
+/// name is the innermost function at the address, as Go's `FuncForPC` answers and as a
+/// profile's location names it (line 0), for a profile stores each caller's call
+/// instruction. Addresses are taken as profiles state them (`super::mappings`: the main
+/// executable's at its link-time values) or at run time.
 pub fn go_symbol_lookup(addresses: &str) -> String {
     let mut out = String::from("num_symbols: 1\n");
     for word in addresses.split('+') {
@@ -71,8 +99,10 @@ pub fn go_symbol_lookup(addresses: &str) -> String {
         let Some(address) = parsed.filter(|&a| a != 0) else {
             continue;
         };
-        let symbol = resolve(address, false).remove(0);
-        if !symbol.name.starts_with("0x") && !symbol.name.starts_with("[vdso] 0x") {
+        // A profile states main-executable addresses at the binary's own (link-time)
+        // values; see `super::mappings`.
+        let symbols = lookup(super::mappings::runtime_address(address));
+        if let Some(symbol) = symbols.first().filter(|s| !s.name.starts_with("[vdso] 0x")) {
             out.push_str(&format!("{address:#x} {}\n", symbol.name));
         }
     }

@@ -320,8 +320,19 @@ pub fn load_with(
     (stop, thread)
 }
 
-/// Runs `go tool pprof ARGS profile` on a profile's bytes and returns its output.
+/// Runs `go tool pprof ARGS profile` on a profile's bytes and returns its output. No
+/// command may say it lacks the main binary: every profile names it in its first mapping.
 pub fn go_pprof(profile: &[u8], args: &[&str]) -> String {
+    let (out, err) = go_pprof_outputs(profile, args);
+    assert!(
+        !err.contains("Main binary filename not available"),
+        "go tool pprof {args:?}: {err}"
+    );
+    out
+}
+
+/// `go tool pprof ARGS profile`: standard output and standard error.
+pub fn go_pprof_outputs(profile: &[u8], args: &[&str]) -> (String, String) {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("leftpad-{}-{n}.pb.gz", std::process::id()));
@@ -338,7 +349,271 @@ pub fn go_pprof(profile: &[u8], args: &[&str]) -> String {
         "go tool pprof {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A mapping as `go tool pprof -raw` prints it (`1: 0x205000/0x69d000/0x204000 FILE ID [FN]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMapping {
+    pub id: u64,
+    pub start: u64,
+    pub limit: u64,
+    pub offset: u64,
+    pub file: String,
+    pub build_id: String,
+}
+
+/// A location as `-raw` prints it: `  7: 0x2a1b3c M=1 fn file:line s=0`, and a line per
+/// function inlined into it (innermost first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLocation {
+    pub id: u64,
+    pub address: u64,
+    pub mapping: Option<u64>,
+    pub functions: Vec<String>,
+}
+
+fn hex(text: &str) -> u64 {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|_| panic!("not hex: {text}"))
+}
+
+/// The mappings of `go tool pprof -raw` output, in order.
+pub fn raw_mappings(raw: &str) -> Vec<RawMapping> {
+    raw.lines()
+        .skip_while(|line| !line.starts_with("Mappings"))
+        .skip(1)
+        .take_while(|line| {
+            line.split(':')
+                .next()
+                .is_some_and(|id| id.trim().parse::<u64>().is_ok())
+        })
+        .map(|line| {
+            let (id, rest) = line.split_once(':').unwrap();
+            let mut words = rest.split_whitespace();
+            let range: Vec<u64> = words.next().unwrap().split('/').map(hex).collect();
+            let file = words.next().unwrap_or("").to_owned();
+            let build_id = words
+                .next()
+                .filter(|w| !w.starts_with('['))
+                .unwrap_or("")
+                .to_owned();
+            RawMapping {
+                id: id.trim().parse().unwrap(),
+                start: range[0],
+                limit: range[1],
+                offset: range[2],
+                file,
+                build_id,
+            }
+        })
+        .collect()
+}
+
+/// The locations of `go tool pprof -raw` output. pprof prints each function of a
+/// location as `NAME FILE:LINE s=START(SYSTEM_NAME)`; names may hold spaces
+/// (`<A as B>::f`), file names here do not.
+pub fn raw_locations(raw: &str) -> Vec<RawLocation> {
+    let function = |text: &str| -> Option<String> {
+        let text = &text[..text.rfind(" s=")?];
+        Some(text.rsplit_once(' ')?.0.to_owned())
+    };
+    let mut locations: Vec<RawLocation> = Vec::new();
+    let mut lines = raw
+        .lines()
+        .skip_while(|line| !line.starts_with("Locations"));
+    lines.next();
+    for line in lines {
+        if line.starts_with("Mappings") {
+            break;
+        }
+        let trimmed = line.trim_start();
+        let head = trimmed
+            .split_once(": 0x")
+            .filter(|(id, _)| id.parse::<u64>().is_ok());
+        if let Some((id, rest)) = head {
+            let (address, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (mapping, rest) = match rest.strip_prefix("M=") {
+                Some(m) => {
+                    let (id, rest) = m.split_once(' ').unwrap_or((m, ""));
+                    (id.parse().ok(), rest)
+                }
+                None => (None, rest),
+            };
+            locations.push(RawLocation {
+                id: id.parse().unwrap(),
+                address: hex(address),
+                mapping,
+                functions: function(rest).into_iter().collect(),
+            });
+        } else if let Some(location) = locations.last_mut() {
+            location.functions.extend(function(trimmed));
+        }
+    }
+    locations
+}
+
+/// The GNU build ID `readelf -n` shows for `binary`.
+pub fn readelf_build_id(binary: &str) -> String {
+    let out = Command::new("readelf")
+        .args(["-n", binary])
+        .output()
+        .expect("readelf (binutils) is needed for this test");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build ID in readelf -n {binary}"))
+        .trim()
+        .to_owned()
+}
+
+/// The binary under test, as the kernel names it in /proc/PID/maps.
+pub fn binary_path() -> String {
+    std::fs::canonicalize(env!("CARGO_BIN_EXE_leftpad"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Checks what every profile kind must carry: the first mapping is the binary under test
+/// with the build ID `readelf -n` shows, and every location points at a mapping that
+/// holds its address. Returns the mappings and locations.
+pub fn assert_mappings(profile: &[u8]) -> (Vec<RawMapping>, Vec<RawLocation>) {
+    let raw = go_pprof(profile, &["-raw"]);
+    let mappings = raw_mappings(&raw);
+    let main = mappings
+        .first()
+        .unwrap_or_else(|| panic!("no mapping in:\n{raw}"));
+    let binary = binary_path();
+    assert_eq!(main.file, binary, "the first mapping is the binary:\n{raw}");
+    assert_eq!(main.build_id, readelf_build_id(&binary), "{raw}");
+    assert!(
+        main.start < main.limit && main.start % 4096 == main.offset % 4096,
+        "{main:?}"
+    );
+    let locations = raw_locations(&raw);
+    for location in &locations {
+        let mapping = location
+            .mapping
+            .and_then(|id| mappings.iter().find(|m| m.id == id))
+            .unwrap_or_else(|| panic!("{location:?} has no mapping:\n{raw}"));
+        assert!(
+            (mapping.start..mapping.limit).contains(&location.address),
+            "{location:?} outside {mapping:?}"
+        );
+    }
+    (mappings, locations)
+}
+
+/// Allocation machinery, as the tests see it: the `alloc` crate, the allocator API and
+/// the global allocator (shims, the counting wrapper, the heap profiler's hook).
+pub fn is_allocation_machinery(name: &str) -> bool {
+    let name = name.strip_prefix('<').unwrap_or(name);
+    [
+        "alloc::",
+        "core::alloc::",
+        "std::alloc::",
+        "__rust",
+        "__rg_",
+        "__rdl_",
+        "hashbrown::",
+        "std::collections::hash::",
+        "leftpad::telemetry::allocator::CountingAllocator",
+        "leftpad::profile::heap::",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+        || name.contains(" as alloc::")
+        || name.contains(" as core::alloc::")
+}
+
+/// The rows of `go tool pprof -top -unit=B` (or any `-unit`): (flat value, name), with
+/// pprof's " (inline)" mark removed. Values are read in the unit asked for.
+pub fn top_rows(top: &str) -> Vec<(f64, String)> {
+    top.lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let value = words.first()?;
+            let number = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let name = words.get(5..)?.join(" ");
+            let name = name.strip_suffix(" (inline)").unwrap_or(&name).to_owned();
+            Some((number.parse().ok()?, name))
+        })
+        .collect()
+}
+
+/// POSTs `addresses` to `/debug/pprof/symbol` and returns the names it gives, by address.
+pub fn symbol_lookup(
+    admin: SocketAddr,
+    addresses: &[u64],
+) -> std::collections::HashMap<u64, String> {
+    let body = addresses
+        .iter()
+        .map(|a| format!("{a:#x}"))
+        .collect::<Vec<_>>()
+        .join("+");
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /debug/pprof/symbol HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let answer = read_response(&mut s, false).expect("a symbol answer");
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("num_symbols: 1"));
+    lines
+        .filter_map(|line| {
+            let (address, name) = line.split_once(' ')?;
+            Some((hex(address), name.to_owned()))
+        })
+        .collect()
+}
+
+/// Every location of `locations` in the main binary's mapping (id 1), posted to
+/// `/debug/pprof/symbol`, comes back with the name the profile gives it (its innermost
+/// function), except where the symbol is one `hidden` accepts: a function the profile
+/// left out at the top of its stacks, inlined into the one it shows (memory profiles
+/// hide the allocator's). Returns how many were checked.
+pub fn assert_symbols_match(
+    admin: SocketAddr,
+    locations: &[RawLocation],
+    hidden: fn(&str) -> bool,
+) -> usize {
+    let main: Vec<&RawLocation> = locations.iter().filter(|l| l.mapping == Some(1)).collect();
+    let addresses: Vec<u64> = main.iter().map(|l| l.address).collect();
+    let names = symbol_lookup(admin, &addresses);
+    let wrong: Vec<String> = main
+        .iter()
+        .filter(|l| {
+            let symbol = names.get(&l.address);
+            symbol != l.functions.first() && !symbol.is_some_and(|name| hidden(name))
+        })
+        .map(|l| {
+            format!(
+                "{:#x}: profile {:?}, symbol {:?}",
+                l.address,
+                l.functions.first(),
+                names.get(&l.address)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} named otherwise:\n{}",
+        wrong.len(),
+        main.len(),
+        wrong.join("\n")
+    );
+    main.len()
 }
 
 /// user + system CPU seconds of process `pid` so far (from /proc/PID/stat).

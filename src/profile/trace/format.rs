@@ -179,6 +179,37 @@ impl Symbols {
         self.stack(&[frame])
     }
 
+    /// A stack id to record events with now and to name later ([`Symbols::name_stack`]),
+    /// so that symbolizing (slow the first time) need not delay the recording.
+    pub fn reserve_stack(&mut self) -> StackId {
+        let Ok(id) = u32::try_from(self.stacks.len() + 1) else {
+            return StackId::NONE;
+        };
+        self.stacks.push(Vec::new());
+        StackId(id)
+    }
+
+    /// Names a reserved stack (innermost frame first, as [`Symbols::stack`] takes them);
+    /// a stack left unnamed, or named by no frame, is written with a frame "unknown".
+    pub fn name_stack(&mut self, id: StackId, frames: &[Frame<'_>]) {
+        let mut ids = self.frame_ids(frames);
+        if ids.is_empty() {
+            ids = self.frame_ids(&[Frame {
+                pc: 1,
+                function: "unknown",
+                file: "",
+                line: 0,
+            }]);
+        }
+        let Some(index) = (id.0 as usize).checked_sub(1) else {
+            return;
+        };
+        if let Some(slot) = self.stacks.get_mut(index) {
+            self.stack_ids.entry(ids.clone()).or_insert(id.0);
+            *slot = ids;
+        }
+    }
+
     fn frame_ids(&mut self, frames: &[Frame<'_>]) -> Vec<FrameIds> {
         let mut ids = Vec::with_capacity(frames.len().min(MAX_FRAMES));
         let mut size = STACK_HEAD;
@@ -2004,6 +2035,35 @@ mod tests {
         assert_eq!((buf.len(), buf.lost(), buf.capacity()), (2, 1, 2));
         buf.clear();
         assert!(buf.is_empty() && buf.lost() == 0);
+    }
+
+    #[test]
+    fn reserved_stacks_are_named_later_with_their_ids_kept() {
+        let mut sym = Symbols::new();
+        let early = sym.reserve_stack();
+        let unnamed = sym.reserve_stack();
+        let frame = Frame {
+            pc: 0x42,
+            function: "leftpad::site",
+            file: "site.rs",
+            line: 7,
+        };
+        sym.name_stack(early, &[frame]);
+        sym.name_stack(unnamed, &[]);
+        assert_eq!(
+            sym.stack(&[frame]),
+            early,
+            "the same frames get the reserved id"
+        );
+        assert_ne!(early, unnamed);
+        let mut buf = Vec::new();
+        let mut scratch = Vec::new();
+        put_tables(&mut buf, &mut scratch, &sym);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.contains("leftpad::site") && text.contains("unknown"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -467,7 +467,7 @@ pub fn take(seconds: u64) -> Result<Vec<u8>, Error> {
 fn take_now(window: Duration) -> Result<Vec<u8>, Error> {
     let mut symbols = Symbols::new();
     let generation = (GENERATION.load(Ordering::Relaxed) + 2) | 1;
-    let ids = named(&mut symbols, generation);
+    let ids = names(&mut symbols, generation);
     HANDED_IN
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -481,6 +481,7 @@ fn take_now(window: Duration) -> Result<Vec<u8>, Error> {
     let ended = Instant::now();
     let recordings = collect(ended);
     *CURRENT.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    name_sites(&mut symbols, &ids);
     let encoded = encode(&symbols, &ids, started, ended, &recordings)?;
     Ok(encoded.bytes)
 }
@@ -503,14 +504,13 @@ fn collect(ended: Instant) -> Vec<Recording> {
     recordings
 }
 
-/// Interns the names of this trace: sites (symbolized), task names, notices.
-fn named(symbols: &mut Symbols, generation: u64) -> Ids {
+/// Interns the names of this trace (task names, notices) and reserves the sites'
+/// stacks, named after the window ([`name_sites`]): the symbolizer's first use reads the
+/// binary's debug information, which would delay the trace's start by up to seconds.
+fn names(symbols: &mut Symbols, generation: u64) -> Ids {
     let mut sites = [StackId::NONE; SITES];
-    for (site, address) in sites.iter_mut().zip(&SITE_ADDRESSES) {
-        let address = address.load(Ordering::Relaxed);
-        if address != 0 {
-            *site = stack_of(symbols, address);
-        }
+    for site in &mut sites {
+        *site = symbols.reserve_stack();
     }
     let mut tasks = [StrId::EMPTY; 8];
     let names = TASK_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
@@ -533,21 +533,28 @@ fn named(symbols: &mut Symbols, generation: u64) -> Ids {
     }
 }
 
-/// The stack of a function's entry: its frames as the symbolizer names them (inlined
+/// Names each site's stack: its function's frames as the symbolizer names them (inlined
 /// ones first), each at a distinct pc as Go keys frames by pc.
-fn stack_of(symbols: &mut Symbols, address: u64) -> StackId {
-    let resolved = symbols::resolve(address, false);
-    let frames: Vec<Frame<'_>> = resolved
-        .iter()
-        .enumerate()
-        .map(|(depth, symbol)| Frame {
-            pc: address + depth as u64,
-            function: &symbol.name,
-            file: &symbol.file,
-            line: symbol.line.max(0) as u64,
-        })
-        .collect();
-    symbols.stack(&frames)
+fn name_sites(symbols: &mut Symbols, ids: &Ids) {
+    for (id, address) in ids.sites.iter().zip(&SITE_ADDRESSES) {
+        let address = address.load(Ordering::Relaxed);
+        let resolved = if address == 0 {
+            Vec::new()
+        } else {
+            symbols::resolve(address, false)
+        };
+        let frames: Vec<Frame<'_>> = resolved
+            .iter()
+            .enumerate()
+            .map(|(depth, symbol)| Frame {
+                pc: address + depth as u64,
+                function: &symbol.name,
+                file: &symbol.file,
+                line: symbol.line.max(0) as u64,
+            })
+            .collect();
+        symbols.name_stack(*id, &frames);
+    }
 }
 
 /// The recordings as Ps (workers first, then log writers), encoded.

@@ -329,8 +329,16 @@ impl Session {
             self.input.reserve(max_head.max(len));
         }
         self.blocks(Site::Read);
+        // An idle connection may be asked to park while it reads (with epoll, readiness
+        // can be stale and the read is then the idle wait); only a read that takes no
+        // bytes until it runs may be given up for it.
+        let cancellable = self.worker().reads_cancellable;
         let read = self.stream.read(take(&mut self.input).slice_mut(len..));
-        let read = until_park_requested(&self.reg, read).await;
+        let read = if cancellable {
+            until_park_requested(&self.reg, read).await
+        } else {
+            Some(read.await)
+        };
         self.resumes();
         let Some((read, buf)) = read else {
             // Its buffer went with the read; the output goes back to the pool.

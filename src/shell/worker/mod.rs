@@ -105,8 +105,13 @@ pub fn run(mut spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<DriverRep
     let (log, writer) = spec.log.take().unzip();
     match Runtime::build(spec.config.driver, spec.config.uring_setup) {
         Ok(mut runtime) => {
-            let _ = ready.send(Ok(runtime.report()));
-            runtime.block_on(live(spec, log));
+            let report = runtime.report();
+            // A read in flight in io_uring has taken its bytes from the socket when it
+            // completes, so dropping it to park would lose them: only epoll's reads,
+            // which take nothing until they run, may be given up.
+            let reads_cancellable = matches!(report, DriverReport::Epoll(_));
+            let _ = ready.send(Ok(report));
+            runtime.block_on(live(spec, log, reads_cancellable));
         }
         Err(message) => {
             drop(log);
@@ -146,11 +151,14 @@ struct Worker {
     parking: Option<Parking>,
     /// Tasks of connections parked since the tick last gave memory back.
     tasks_freed_lately: Cell<bool>,
+    /// Whether a pending read may be dropped to park its connection (epoll only; see
+    /// [`run`]).
+    reads_cancellable: bool,
 }
 
 /// The worker's life: accept until the drain, take in the backlog, drain, hand the log
 /// its last lines.
-async fn live(spec: WorkerSpec, log: Option<AccessLog>) {
+async fn live(spec: WorkerSpec, log: Option<AccessLog>, reads_cancellable: bool) {
     let WorkerSpec {
         id,
         listener,
@@ -176,9 +184,9 @@ async fn live(spec: WorkerSpec, log: Option<AccessLog>) {
         .ok();
     connection::register_trace_sites();
     trace::register_site(Site::Wake, live as *const () as usize);
-    let worker = Rc::new(Worker::new(
-        id, config, shared, counters, mailbox, recorder, parking,
-    ));
+    let mut worker = Worker::new(id, config, shared, counters, mailbox, recorder, parking);
+    worker.reads_cancellable = reads_cancellable;
+    let worker = Rc::new(worker);
     monoio::spawn(tick(worker.clone()));
     monoio::spawn(wake_ready_parked(worker.clone()));
     accept::accept_loop(&worker, &listener).await;
@@ -252,6 +260,7 @@ impl Worker {
             buffers: BufferPool::new(BUF_SIZE, POOL_BYTES),
             parking,
             tasks_freed_lately: Cell::new(false),
+            reads_cancellable: false,
         }
     }
 

@@ -133,12 +133,29 @@ fn poll_cpu(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<(f64, f64
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_secs_f64();
-            polls.push((now, cpu_seconds(pid)));
+            polls.push((now, precise_cpu_seconds(pid)));
             std::thread::sleep(Duration::from_millis(10));
         }
         polls
     });
     (stop, poller)
+}
+
+/// CPU seconds of `pid` so far, to the nanosecond where the kernel keeps schedstats (the
+/// run time of each of its threads in /proc/PID/task/*/schedstat, what the scheduler
+/// charged them), else from /proc/PID/stat's 10 ms ticks. Threads that exited are not
+/// counted: the windows measured here are between two polls 10 ms apart.
+fn precise_cpu_seconds(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    let precise: Option<f64> = tasks.ok().and_then(|tasks| {
+        tasks
+            .map(|task| {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+                stat.split_whitespace().next()?.parse::<f64>().ok()
+            })
+            .sum::<Option<f64>>()
+    });
+    precise.map_or_else(|| cpu_seconds(pid), |ns| ns / 1e9)
 }
 
 /// CPU seconds at unix time `t`, interpolated between the polls around it.
@@ -352,10 +369,11 @@ fn pin_to(cpus: &[usize]) {
 /// workers, their log writers and StatsD, and this test's load generators all on the
 /// same two CPUs, neither of them idle (as in production, where no CPU idles beside the
 /// server). The server's CPU time over each profile's own window is measured here,
-/// independently, by polling /proc/PID/stat every 10 ms; the profile's samples must
-/// cover at least 95% of it and at most 110% (the margin above: /proc's 10 ms ticks and
-/// the polling's interpolation at both ends of a 3 s window; measured 99-100%). The
-/// profile's own comments say how samples were weighted and what was lost.
+/// independently, by polling its threads' run time every 10 ms; the profile's samples
+/// must cover at least 95% of it and at most 110% (the margin above: the polling's
+/// interpolation at both ends of a 3 s window, and /proc/PID/stat's 10 ms ticks where
+/// there are no schedstats; measured 99-100%). The profile's own comments say how
+/// samples were weighted and what was lost.
 #[test]
 fn under_full_contention_samples_cover_the_cpu_time_in_both_modes() {
     if emulated() {
@@ -421,9 +439,9 @@ fn under_full_contention_samples_cover_the_cpu_time_in_both_modes() {
         );
         // Both CPUs busy (idle less than a tenth of the time: the server, its load and
         // whatever else runs, such as the other tests of this file), and the server with
-        // enough CPU time for the shares to mean something (75 samples at least).
+        // enough CPU time for the shares to mean something (30 samples at least).
         assert!(
-            idle < 0.1 * 2.0 * elapsed && used > 0.25 * duration,
+            idle < 0.1 * 2.0 * elapsed && used > 0.1 * duration,
             "not contended: the CPUs idle {idle:.2} s of 2 x {elapsed:.2} s, the server \
              used {used:.2} CPU-s in {duration:.2} s"
         );

@@ -12,7 +12,11 @@
 //!   made it, and the profile carries a comment saying why kernel frames are missing.
 //!
 //! Both unwind user stacks with CFI ([`super::unwind`]), so a sample in libc or the vDSO
-//! sits under the exact Rust function that called it. Stacks are aggregated while the
+//! sits under the exact Rust function that called it. A sample's value is not its
+//! sampler's nominal period but its share of its thread's CPU time, read from the
+//! thread's CPU clock at every drain ([`super::clocks`]): perf's clock and the
+//! scheduler's disagree by up to 15% under contention, and a dropped sample's time
+//! stays in the profile. Stacks are aggregated while the
 //! window runs; names are looked up afterwards ([`super::symbols`], [`super::kernel`]).
 //! No sampler runs until a profile is asked for, so profiling costs nothing otherwise.
 
@@ -20,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::clocks::{Claim, ThreadClocks};
 use super::kernel::KernelSymbols;
 use super::perf::{self, PerfSample, PerfSampler};
 use super::pprof::{call_address, Builder, Frame};
@@ -134,10 +139,11 @@ fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
     let started = Instant::now();
     let cpu_before = process_cpu_ns();
     let deadline = started + window;
+    let mut clocks = ThreadClocks::start(&tids);
     match (use_perf, kernel_symbols) {
         (Ok(()), Some(symbols)) => {
             let sampler = PerfSampler::start(&tids, HZ).map_err(Error::Failed)?;
-            profile.sample_with_perf(sampler, &unwinder, symbols, &threads, deadline);
+            profile.sample_with_perf(sampler, &unwinder, symbols, &threads, &mut clocks, deadline);
         }
         (why, _) => {
             let why = why.err().unwrap_or_default();
@@ -146,9 +152,10 @@ fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
                  libc or vDSO function that made each call"
             ));
             let sampler = SignalSampler::start(&tids, HZ).map_err(Error::Failed)?;
-            profile.sample_with_signals(sampler, &threads, deadline);
+            profile.sample_with_signals(sampler, &threads, &mut clocks, deadline);
         }
     }
+    profile.comments.push(weights_comment(&clocks));
     profile.duration = started.elapsed();
     if let (Some(before), Some(after)) = (cpu_before, process_cpu_ns()) {
         profile.cpu_ns = Some(after - before);
@@ -164,6 +171,22 @@ fn kernel_symbols() -> &'static Result<KernelSymbols, String> {
     SYMBOLS.get_or_init(KernelSymbols::load)
 }
 
+/// Says how samples are weighted, how far the sampler's own clock was from the threads'
+/// CPU time, and what time no sample carries.
+fn weights_comment(clocks: &ThreadClocks) -> String {
+    let (claimed, given) = clocks.claimed_and_given();
+    let unattributed = clocks.unattributed_ns();
+    format!(
+        "weights: each sample stands for its share of its thread's CPU time (the thread's \
+         CPU clock, read at every 20 ms drain); the sampler's own periods added up to \
+         {:.2} s for {:.2} s of CPU time; {:.3} s of CPU time after the threads' last \
+         samples carries no stack",
+        claimed as f64 / 1e9,
+        given as f64 / 1e9,
+        unattributed as f64 / 1e9
+    )
+}
+
 /// Sleeps until the next drain or `deadline`; false once the deadline has passed.
 fn wait_for_drain(deadline: Instant) -> bool {
     let now = Instant::now();
@@ -175,42 +198,65 @@ fn wait_for_drain(deadline: Instant) -> bool {
 }
 
 impl Profile {
-    /// Counts `samples` samples of `nanos_each` CPU time on `stack`.
-    fn add(&mut self, stack: Vec<Frame>, thread: &str, samples: i64, nanos_each: i64) {
+    /// Counts `samples` samples standing for `nanos` of CPU time on `stack`.
+    fn add_weighted(&mut self, stack: Vec<Frame>, thread: &str, samples: i64, nanos: i64) {
         let entry = self
             .stacks
             .entry((stack, thread.to_owned()))
             .or_insert((0, 0));
-        let nanos = samples.saturating_mul(nanos_each);
         entry.0 += samples;
         entry.1 += nanos;
         self.sampled_ns += nanos;
+    }
+
+    /// Adds one drain's samples: (stack, thread, samples, the nanoseconds the sampler
+    /// says they stand for), each given its share of its thread's CPU time.
+    fn add_drained(
+        &mut self,
+        drained: Vec<(Vec<Frame>, i32, i64, i64)>,
+        threads: &HashMap<i32, String>,
+        clocks: &mut ThreadClocks,
+    ) {
+        let claims: Vec<Claim> = drained
+            .iter()
+            .map(|&(_, tid, _, nanos)| Claim { tid, nanos })
+            .collect();
+        let given = clocks.apportion(&claims);
+        for ((stack, tid, samples, _), nanos) in drained.into_iter().zip(given) {
+            self.add_weighted(stack, thread_name(threads, tid), samples, nanos);
+        }
     }
 
     fn sample_with_signals(
         &mut self,
         sampler: SignalSampler,
         threads: &HashMap<i32, String>,
+        clocks: &mut ThreadClocks,
         deadline: Instant,
     ) {
         let period = (1_000_000_000 / HZ) as i64;
-        let mut sink = |raw: &RawSample| {
+        let collect = |raw: &RawSample| {
             let stack = Frame::walked(&raw.frames[..raw.depth.min(MAX_FRAMES)], true);
-            self.add(
-                stack,
-                thread_name(threads, raw.tid),
-                i64::from(raw.weight),
-                period,
-            );
+            let samples = i64::from(raw.weight);
+            (stack, raw.tid, samples, samples.saturating_mul(period))
         };
         while wait_for_drain(deadline) {
-            sampler.drain(&mut sink);
+            // The clocks first: every sample in the buffer was taken before this reading.
+            clocks.tick();
+            let mut drained = Vec::new();
+            sampler.drain(&mut |raw| drained.push(collect(raw)));
+            self.add_drained(drained, threads, clocks);
         }
         let lost = sampler.lost();
-        sampler.stop(&mut sink);
+        let mut drained = Vec::new();
+        sampler.stop(&mut |raw| drained.push(collect(raw)));
+        clocks.tick();
+        self.add_drained(drained, threads, clocks);
         if lost > 0 {
-            self.comments
-                .push(format!("{lost} samples lost (sample buffer full)"));
+            self.comments.push(format!(
+                "{lost} samples lost (sample buffer full): their time is carried by the \
+                 same thread's other samples of the same drain interval"
+            ));
         }
     }
 
@@ -220,6 +266,7 @@ impl Profile {
         unwinder: &StackUnwinder,
         kernel_symbols: &Result<KernelSymbols, String>,
         threads: &HashMap<i32, String>,
+        clocks: &mut ThreadClocks,
         deadline: Instant,
     ) {
         match kernel_symbols {
@@ -234,20 +281,38 @@ impl Profile {
         }
         let kernel_symbols = kernel_symbols.as_ref().ok();
         self.kernel_text = kernel_symbols.and_then(KernelSymbols::text);
-        let mut sink = |sample: &PerfSample<'_>| {
+        let collect = |sample: &PerfSample<'_>| {
             let stack = perf_stack(sample, unwinder, kernel_symbols);
             let nanos = i64::try_from(sample.period).unwrap_or(i64::MAX);
-            self.add(stack, thread_name(threads, sample.tid), 1, nanos);
+            (stack, sample.tid, 1, nanos)
         };
-        while wait_for_drain(deadline) {
-            sampler.drain(&mut sink);
+        let mut stopped = false;
+        while !stopped {
+            stopped = !wait_for_drain(deadline);
+            if stopped {
+                sampler.stop();
+            }
+            // The clocks first: every sample in the rings was taken before this reading.
+            clocks.tick();
+            let mut drained = Vec::new();
+            sampler.drain(&mut |sample| drained.push(collect(sample)));
+            self.add_drained(drained, threads, clocks);
         }
-        sampler.stop();
-        sampler.drain(&mut sink);
-        if sampler.lost() > 0 {
-            let lost = sampler.lost();
-            self.comments
-                .push(format!("{lost} samples lost (ring buffer full)"));
+        let dropped = sampler.dropped();
+        if dropped.lost > 0 {
+            self.comments.push(format!(
+                "{} samples lost (ring buffer full while the profiling thread waited for a \
+                 CPU): their time is carried by the same thread's other samples of the same \
+                 drain interval",
+                dropped.lost
+            ));
+        }
+        if dropped.throttled > 0 {
+            self.comments.push(format!(
+                "the kernel throttled sampling {} times (kernel.perf_event_max_sample_rate): \
+                 the time it did not sample is carried by the same thread's other samples",
+                dropped.throttled
+            ));
         }
     }
 

@@ -16,7 +16,8 @@
 //!
 //! - [`cpu`]: CPU profiles and flame graphs of every thread, sampled by [`sampler`]
 //!   (SIGPROF on per-thread CPU timers) or [`perf`] (`perf_event_open`, with the kernel's
-//!   frames named by [`kernel`]);
+//!   frames named by [`kernel`]), each sample weighted by its thread's CPU time
+//!   ([`clocks`]);
 //! - [`heap`]: the sampling heap profiler in the allocator (`heap` and `allocs`), its
 //!   stacks walked by [`frames`];
 //! - [`goroutine`]: every connection task by what it waits for;
@@ -26,6 +27,7 @@
 //!   taken.
 
 pub mod block;
+pub mod clocks;
 pub mod cpu;
 pub mod frames;
 pub mod goroutine;

@@ -15,12 +15,20 @@ use perf_event_open_sys as sys;
 
 use super::unwind::Regs;
 
-/// Bytes of user stack copied per sample: deep enough for this server's stacks (a
-/// worker's is a few KiB) while a sample stays far below the 64 KiB record limit.
-const STACK_BYTES: u32 = 16 * 1024;
-/// Data pages of each thread's ring buffer (a power of two): 512 KiB, about thirty
-/// samples, drained every 20 ms, in which a thread takes at most two.
-const DATA_PAGES: usize = 128;
+/// Bytes of user stack copied per sample: deep enough for this server's stacks while a
+/// sample stays below the 64 KiB record limit. Measured under load with two workers:
+/// the unwinder reads up to 15 KiB above the stack pointer in a release build; in a
+/// debug build 16 KiB cut 715 of about 1,300 stacks short (their outer frames lost),
+/// 32 KiB cuts about a tenth of that, all in the profiling thread's own deep unwinding
+/// (36 KiB).
+const STACK_BYTES: u32 = 32 * 1024;
+/// Data pages of each thread's ring buffer (a power of two): 1 MiB, about thirty
+/// samples, drained every 20 ms, in which a busy thread takes two; the rest absorbs a
+/// profiling thread kept off the CPU for up to about 300 ms. A smaller ring is used if
+/// the locked-memory limit refuses this one (see [`open`]).
+const DATA_PAGES: usize = 256;
+/// The smallest ring tried before giving up: 64 KiB, two samples.
+const MIN_DATA_PAGES: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod regs {
@@ -80,8 +88,18 @@ impl Drop for Event {
 /// Sampling of a set of threads, running from `start` until dropped.
 pub struct PerfSampler {
     events: Vec<Event>,
-    lost: u64,
+    dropped: Dropped,
     scratch: Vec<u8>,
+}
+
+/// What the kernel reported it did not sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Samples dropped because a ring buffer was full (`PERF_RECORD_LOST`).
+    pub lost: u64,
+    /// Times an event was throttled for exceeding `perf_event_max_sample_rate`
+    /// (`PERF_RECORD_THROTTLE`): its samples stop until the next tick.
+    pub throttled: u64,
 }
 
 // SAFETY: the ring buffers are owned by the sampler and read only through `&mut self`.
@@ -123,7 +141,7 @@ impl PerfSampler {
         }
         Ok(PerfSampler {
             events,
-            lost: 0,
+            dropped: Dropped::default(),
             scratch: Vec::new(),
         })
     }
@@ -136,15 +154,15 @@ impl PerfSampler {
         }
     }
 
-    /// Samples the kernel reported it had to drop (ring buffer full).
-    pub fn lost(&self) -> u64 {
-        self.lost
+    /// Everything the kernel reported it did not sample, so far.
+    pub fn dropped(&self) -> Dropped {
+        self.dropped
     }
 
     /// Hands every sample written so far to `sink`.
     pub fn drain(&mut self, sink: &mut impl FnMut(&PerfSample<'_>)) {
         for event in &self.events {
-            drain_ring(event, &mut self.scratch, &mut self.lost, sink);
+            drain_ring(event, &mut self.scratch, &mut self.dropped, sink);
         }
     }
 }
@@ -194,27 +212,40 @@ fn open_ring(
     }
     // SAFETY: perf_event_open returned a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ring_len = (data_pages + 1) * page_size();
-    // SAFETY: mapping a perf event fd as the kernel documents (one header page plus a
-    // power of two of data pages), read-write so that data_tail can be written.
-    let ring = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            ring_len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if ring == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
+    // Ring buffers are locked memory: past `kernel.perf_event_mlock_kb` per CPU they
+    // count against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK, so an
+    // unprivileged process with many threads may be refused the full size. A smaller
+    // ring only drops more samples when the profiling thread is late (their time is
+    // still counted, see `super::clocks`).
+    let mut pages = data_pages;
+    loop {
+        let ring_len = (pages + 1) * page_size();
+        // SAFETY: mapping a perf event fd as the kernel documents (one header page plus a
+        // power of two of data pages), read-write so that data_tail can be written.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ring != libc::MAP_FAILED {
+            return Ok(Event {
+                fd,
+                ring: ring.cast(),
+                ring_len,
+            });
+        }
+        let error = std::io::Error::last_os_error();
+        let refused = matches!(error.raw_os_error(), Some(libc::EPERM | libc::ENOMEM));
+        if !refused || pages <= MIN_DATA_PAGES {
+            return Err(error);
+        }
+        pages /= 2;
     }
-    Ok(Event {
-        fd,
-        ring: ring.cast(),
-        ring_len,
-    })
 }
 
 fn page_size() -> usize {
@@ -223,11 +254,11 @@ fn page_size() -> usize {
 }
 
 /// Hands the samples between the ring's tail and head to `sink`, counts what the kernel
-/// lost, then moves the tail.
+/// dropped (lost to a full ring, throttled), then moves the tail.
 fn drain_ring(
     event: &Event,
     scratch: &mut Vec<u8>,
-    lost: &mut u64,
+    dropped: &mut Dropped,
     sink: &mut impl FnMut(&PerfSample<'_>),
 ) {
     drain_records(event, scratch, |kind, record| match kind {
@@ -236,7 +267,8 @@ fn drain_ring(
                 sink(&sample);
             }
         }
-        sys::bindings::PERF_RECORD_LOST => *lost += lost_count(record),
+        sys::bindings::PERF_RECORD_LOST => dropped.lost += lost_count(record),
+        sys::bindings::PERF_RECORD_THROTTLE => dropped.throttled += 1,
         _ => {}
     });
 }

@@ -157,9 +157,7 @@ impl SignalSampler {
 
 /// A timer on `tid`'s CPU-time clock sending SIGPROF to `tid` every `period`.
 fn thread_cpu_timer(tid: i32, period: Duration) -> Result<libc::timer_t, String> {
-    // The clock id glibc's pthread_getcpuclockid builds: MAKE_THREAD_CPUCLOCK(tid,
-    // CPUCLOCK_SCHED) in the kernel's posix-timers.h.
-    let clock = ((!(tid as u32)) << 3 | 6) as libc::clockid_t;
+    let clock = super::clocks::thread_clock(tid);
     // SAFETY: sigevent is plain data; the fields that matter are set below.
     let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
     event.sigev_notify = libc::SIGEV_THREAD_ID;

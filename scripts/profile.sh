@@ -9,7 +9,8 @@
 #
 # KIND (default cpu):
 #   cpu        profile + flame graph: top.txt, top-cum.txt, list.txt (-l, default the
-#              connection loop), peek-syscalls.txt (who makes each system call),
+#              connection's answer), disasm.txt (App::leftpad), peek-syscalls.txt
+#              (who makes each system call),
 #              cpu-split.txt (flat time by owner: kernel, libc, vDSO, our code, monoio,
 #              std), flamegraph.svg; -k: kernel frames (?kernel=)
 #   heap       in-use memory: top.txt (inuse_space), top-alloc.txt (alloc_space)
@@ -87,6 +88,9 @@ case $kind in
     pprof -top -nodecount=40 >"$outdir/top.txt"
     pprof -top -cum -nodecount=60 >"$outdir/top-cum.txt"
     pprof -list "$list" >"$outdir/list.txt"
+    # The article's `disasm` of the handler: pprof matches the regexp against the
+    # profile's names and the binary's mangled symbols (README, "disasm").
+    pprof -disasm 'App(::|7)leftpad( |17h)' >"$outdir/disasm.txt"
     # The system-call wrappers (libc, vDSO) and who called them.
     pprof -peek '^(syscall|__libc_send|__GI___libc_write|__libc_recv|clock_gettime|__vdso_clock_gettime)$' \
       >"$outdir/peek-syscalls.txt"

@@ -33,8 +33,6 @@ use super::symbols;
 /// starts and touched only as filled; a second of a worker at ~160,000 requests/s
 /// (thirteen events per request without pipelining: three waits, a task and a region).
 pub const EVENTS_PER_THREAD: usize = 2 * 1024 * 1024;
-/// The most a trace may last, as for a CPU profile.
-pub const MAX_SECONDS: u64 = 300;
 /// How long the trace waits after its window for every thread to hand its events back
 /// (a worker does on its next 50 ms tick, a log writer on its next wake-up).
 const HAND_IN_WAIT: Duration = Duration::from_secs(2);

@@ -269,7 +269,7 @@ impl Worker {
     fn begin_drain(&self) {
         self.draining.set(true);
         if trace::on() {
-            trace::notice(Notice::DrainBegins, Site::Accept);
+            trace::notice(Notice::DrainBegins, Site::Wake);
         }
         self.app.borrow_mut().set_draining();
         // The pending accept is cancelled (not the listener shut down: that would reset
@@ -433,7 +433,7 @@ async fn tick(worker: Rc<Worker>) {
                 log.reopen();
             }
             if trace::on() {
-                trace::notice(Notice::LogReopen, Site::Accept);
+                trace::notice(Notice::LogReopen, Site::Wake);
             }
         }
         drop(recorder);

@@ -16,9 +16,10 @@
 //!   CPU) or a signal the sampler cannot record leaves its interval's time to the other
 //!   samples of that interval, instead of losing it.
 //!
-//! The time after a thread's last sample (less than a period per thread), and that of a
-//! thread without any sample, carries no stack: it is counted and reported as not
-//! attributed.
+//! The time after a thread's last sample (less than a period per thread, more for one
+//! starved of samples by contention) goes to that sample's stack when the window closes;
+//! that of a thread without any sample carries no stack: it is counted and reported as
+//! not attributed.
 
 use std::collections::HashMap;
 
@@ -128,6 +129,20 @@ impl ThreadClocks {
             .collect()
     }
 
+    /// Takes, for the threads `sampled` says have a sample, the CPU time they used after
+    /// their last one (the window is over): the caller gives it to that sample's stack.
+    pub fn take_owed(&mut self, sampled: impl Fn(i32) -> bool) -> Vec<(i32, i64)> {
+        let mut taken = Vec::new();
+        for (&tid, clock) in &mut self.threads {
+            if clock.owed > 0 && sampled(tid) {
+                let nanos = std::mem::take(&mut clock.owed);
+                self.given_ns += nanos;
+                taken.push((tid, nanos));
+            }
+        }
+        taken
+    }
+
     /// CPU time the clocks measured that no sample carries (after each thread's last
     /// sample, or of threads without samples).
     pub fn unattributed_ns(&self) -> i64 {
@@ -199,6 +214,15 @@ mod tests {
         // Nothing owed any more: a new sample of thread 1 is worth nothing until the
         // clock is read again.
         assert_eq!(c.apportion(&[Claim { tid: 1, nanos: 10 }]), [0]);
+    }
+
+    #[test]
+    fn at_the_end_a_sampled_threads_tail_is_taken_and_an_unsampled_one_stays() {
+        let mut c = clocks(&[(1, 7_000_000), (2, 3_000_000)]);
+        let taken = c.take_owed(|tid| tid == 1);
+        assert_eq!(taken, [(1, 7_000_000)]);
+        assert_eq!(c.unattributed_ns(), 3_000_000, "thread 2 had no sample");
+        assert_eq!(c.claimed_and_given(), (0, 7_000_000));
     }
 
     #[test]

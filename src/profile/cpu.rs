@@ -112,6 +112,9 @@ struct Profile {
     cpu_ns: Option<i64>,
     /// The kernel's text, when kernel frames are named: the span of its mapping.
     kernel_text: Option<std::ops::Range<u64>>,
+    /// Each thread's latest sampled stack, which carries the thread's CPU time after
+    /// its last sample when the window closes.
+    last_stacks: HashMap<i32, Vec<Frame>>,
 }
 
 fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
@@ -135,6 +138,7 @@ fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
         sampled_ns: 0,
         cpu_ns: None,
         kernel_text: None,
+        last_stacks: HashMap::new(),
     };
     let started = Instant::now();
     let cpu_before = process_cpu_ns();
@@ -155,6 +159,7 @@ fn take(window: Duration, kernel: Kernel) -> Result<Profile, Error> {
             profile.sample_with_signals(sampler, &threads, &mut clocks, deadline);
         }
     }
+    profile.credit_tails(&threads, &mut clocks);
     profile.comments.push(weights_comment(&clocks));
     profile.duration = started.elapsed();
     if let (Some(before), Some(after)) = (cpu_before, process_cpu_ns()) {
@@ -179,8 +184,9 @@ fn weights_comment(clocks: &ThreadClocks) -> String {
     format!(
         "weights: each sample stands for its share of its thread's CPU time (the thread's \
          CPU clock, read at every 20 ms drain); the sampler's own periods added up to \
-         {:.2} s for {:.2} s of CPU time; {:.3} s of CPU time after the threads' last \
-         samples carries no stack",
+         {:.2} s for {:.2} s of CPU time; the time after each thread's last sample went to \
+         that sample's stack; {:.3} s of CPU time of threads without samples carries no \
+         stack",
         claimed as f64 / 1e9,
         given as f64 / 1e9,
         unattributed as f64 / 1e9
@@ -223,7 +229,19 @@ impl Profile {
             .collect();
         let given = clocks.apportion(&claims);
         for ((stack, tid, samples, _), nanos) in drained.into_iter().zip(given) {
+            self.last_stacks.insert(tid, stack.clone());
             self.add_weighted(stack, thread_name(threads, tid), samples, nanos);
+        }
+    }
+
+    /// When the window closes, each thread's CPU time after its last sample (less than
+    /// a sampling period, more for a thread starved of samples by contention) goes to
+    /// that sample's stack, where the thread was last seen, rather than to no stack.
+    fn credit_tails(&mut self, threads: &HashMap<i32, String>, clocks: &mut ThreadClocks) {
+        for (tid, nanos) in clocks.take_owed(|tid| self.last_stacks.contains_key(&tid)) {
+            if let Some(stack) = self.last_stacks.get(&tid).cloned() {
+                self.add_weighted(stack, thread_name(threads, tid), 0, nanos);
+            }
         }
     }
 

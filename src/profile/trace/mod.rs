@@ -477,15 +477,17 @@ fn take_now(window: Duration) -> Result<Vec<u8>, Error> {
     std::thread::sleep(window);
     GENERATION.store(0, Ordering::Release);
     let ended = Instant::now();
-    let recordings = collect(ended);
+    let recordings = collect(ended, generation);
     *CURRENT.lock().unwrap_or_else(PoisonError::into_inner) = None;
     name_sites(&mut symbols, &ids);
     let encoded = encode(&symbols, &ids, started, ended, &recordings)?;
     Ok(encoded.bytes)
 }
 
-/// The recordings handed back, waiting (bounded) for every thread that started.
-fn collect(ended: Instant) -> Vec<Recording> {
+/// The recordings of trace `generation` handed back, waiting (bounded) for every thread
+/// that started. A recording of an earlier trace handed back late (a writer busy past
+/// that trace's wait) is left out: its clock began elsewhere.
+fn collect(ended: Instant, generation: u64) -> Vec<Recording> {
     loop {
         let handed = HANDED_IN
             .lock()
@@ -498,6 +500,7 @@ fn collect(ended: Instant) -> Vec<Recording> {
     }
     let mut recordings =
         std::mem::take(&mut *HANDED_IN.lock().unwrap_or_else(PoisonError::into_inner));
+    recordings.retain(|r| r.ids.generation == generation);
     recordings.sort_by_key(|r| r.thread);
     recordings
 }

@@ -157,22 +157,19 @@ fn pure_functions(c: &mut Criterion) {
     });
 }
 
-/// The whole request path as a worker runs it, minus socket I/O and clock reads: request
-/// bytes in; response bytes, an access-log line (shipped in batches to a real writer
-/// thread writing to /dev/null) and StatsD lines (sampled at 0.5 and batched into
-/// datagrams that are then dropped) out. Datagram sends and the two clock reads per
-/// read are in the load-test figures instead.
-fn whole_request(c: &mut Criterion) {
-    let target = Target::File("/dev/null".into());
-    let (log, _writer) = Writer::start(
-        target.clone(),
-        target.open().unwrap(),
-        64 * 1024,
-        None,
-        WorkerCounters::leak(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
+/// A worker's recorder with the access log (to a real writer thread writing to
+/// /dev/null) and StatsD (sampled at 0.5, aggregated, datagrams dropped) each on or off;
+/// the writer is returned so that it lives as long as the recorder.
+fn recorder(log: bool, statsd: bool) -> (Recorder, Option<Writer>) {
+    let (log, writer) = log
+        .then(|| {
+            let target = Target::File("/dev/null".into());
+            let file = target.open().unwrap();
+            let counters = WorkerCounters::leak();
+            let warned = Arc::new(AtomicBool::new(false));
+            Writer::start(target, file, 64 * 1024, None, counters, warned).unwrap()
+        })
+        .unzip();
     let settings = Settings {
         addr: "127.0.0.1:8125".parse().unwrap(),
         prefix: "leftpad".into(),
@@ -180,37 +177,69 @@ fn whole_request(c: &mut Criterion) {
         max_packet: 1432,
         aggregate: true,
     };
-    let dropped: PacketSender = Box::new(|packet| !black_box(packet).is_empty());
-    let mut recorder = Recorder::new(
-        Some(log),
-        Some((Batcher::new(&settings, 1), dropped)),
-        WorkerCounters::leak(),
-    );
-    let mut app = App::new(1024);
-    let mut conn = Conn::new();
-    let mut out = Vec::with_capacity(64 * 1024);
+    let statsd = statsd.then(|| {
+        let dropped: PacketSender = Box::new(|packet| !black_box(packet).is_empty());
+        (Batcher::new(&settings, 1), dropped)
+    });
+    (Recorder::new(log, statsd, WorkerCounters::leak()), writer)
+}
+
+/// The whole request path as a worker runs it, minus socket I/O and clock reads: request
+/// bytes in; response bytes, an access-log line (shipped in batches to a real writer
+/// thread writing to /dev/null) and StatsD lines (sampled at 0.5 and batched into
+/// datagrams that are then dropped) out. Datagram sends and the two clock reads per
+/// read are in the load-test figures instead. The `request/stages/*` variants turn the
+/// log and StatsD off and on, so the differences split a request's user-space time
+/// between the core (parse, handler, response, counters), the log line and StatsD.
+fn whole_request(c: &mut Criterion) {
     let pipelined = REQUEST.repeat(16);
     let now = Instant::now();
-
-    let mut run = |input: &[u8]| {
-        out.clear();
-        let records = &mut recorder.records;
-        let progress = conn.process(input, &mut out, records, &mut app, &LIMITS, DATE);
-        black_box(progress);
-        recorder.record_batch(input, b"127.0.0.1:54321", Duration::from_micros(3), now);
-    };
-    bench(c, "request/whole", || run(black_box(REQUEST)));
-    bench(c, "request/pipelined_16", || run(black_box(&pipelined)));
+    let variants = [
+        ("request/whole", "request/pipelined_16", true, true),
+        (
+            "request/stages/core",
+            "request/stages/core_pipelined_16",
+            false,
+            false,
+        ),
+        (
+            "request/stages/log",
+            "request/stages/log_pipelined_16",
+            true,
+            false,
+        ),
+        (
+            "request/stages/statsd",
+            "request/stages/statsd_pipelined_16",
+            false,
+            true,
+        ),
+    ];
+    for (one, sixteen, log, statsd) in variants {
+        let (mut recorder, _writer) = recorder(log, statsd);
+        let mut app = App::new(1024);
+        let mut conn = Conn::new();
+        let mut out = Vec::with_capacity(64 * 1024);
+        let mut run = |input: &[u8]| {
+            out.clear();
+            let records = &mut recorder.records;
+            let progress = conn.process(input, &mut out, records, &mut app, &LIMITS, DATE);
+            black_box(progress);
+            recorder.record_batch(input, b"127.0.0.1:54321", Duration::from_micros(3), now);
+        };
+        bench(c, one, || run(black_box(REQUEST)));
+        bench(c, sixteen, || run(black_box(&pipelined)));
+    }
 }
 
 fn print_table(_: &mut Criterion) {
     let table = TABLE.lock().unwrap();
     println!(
-        "\n{:<24}{:>12}{:>12}{:>10}",
+        "\n{:<36}{:>12}{:>12}{:>10}",
         "benchmark", "ns/op", "allocs/op", "B/op"
     );
     for (name, ns, allocs, bytes) in table.iter() {
-        println!("{name:<24}{ns:>12.1}{allocs:>12.2}{bytes:>10.1}");
+        println!("{name:<36}{ns:>12.1}{allocs:>12.2}{bytes:>10.1}");
     }
     println!("(ns/op here is a plain mean over 10,000 calls; criterion's estimate is above)");
 }

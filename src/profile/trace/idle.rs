@@ -179,6 +179,18 @@ mod tests {
         Switch { at, kind }
     }
 
+    /// `events` of OS thread 7 with `switches`, the trace starting at 1000 on the
+    /// kernel's clock (so a switch at 1030 is at trace time 31).
+    fn merge(events: &EventBuf, switches: &[Switch]) -> EventBuf {
+        let waits = Waits {
+            switches,
+            epoch_mono: 1000,
+            os_thread: 7,
+            wake: WAKE,
+        };
+        with_waits(events, &waits)
+    }
+
     #[test]
     fn a_wait_between_polls_stops_the_p_and_the_wake_up_unblocks() {
         let events = buf(&[
@@ -191,13 +203,7 @@ mod tests {
         ]);
         // Epoch 1000 in the kernel's clock: switches at trace times 31 and 51.
         let switches = [switch(1030, SwitchKind::Out), switch(1050, SwitchKind::In)];
-        let waits = Waits {
-            switches: &switches,
-            epoch_mono: 1000,
-            os_thread: 7,
-            wake: WAKE,
-        };
-        let merged = with_waits(&events, &waits);
+        let merged = merge(&events, &switches);
         assert_eq!(
             kinds(&merged),
             [
@@ -225,13 +231,7 @@ mod tests {
             switch(1029, SwitchKind::Preempted),
             switch(1034, SwitchKind::In),
         ];
-        let waits = Waits {
-            switches: &switches,
-            epoch_mono: 1000,
-            os_thread: 7,
-            wake: WAKE,
-        };
-        let merged = with_waits(&events, &waits);
+        let merged = merge(&events, &switches);
         assert_eq!(
             kinds(&merged),
             [
@@ -252,13 +252,7 @@ mod tests {
             Event::go_start(81, 5),
         ]);
         let switches = [switch(1030, SwitchKind::Out), switch(1050, SwitchKind::In)];
-        let waits = Waits {
-            switches: &switches,
-            epoch_mono: 1000,
-            os_thread: 7,
-            wake: WAKE,
-        };
-        let merged = with_waits(&events, &waits);
+        let merged = merge(&events, &switches);
         // The P was idle from 31 (no goroutine ran) and woke at 51; goroutine 5 blocked
         // at 70, after that wake-up: its unblock stays where it was recorded.
         assert_eq!(

@@ -102,7 +102,7 @@ fn write_until_closed(
             continue;
         };
         if !std::mem::replace(&mut running, true) && trace::on() {
-            trace::writer_wakes(tracing.g);
+            trace::writer_wakes(TraceIdentity::current_g());
         }
         match message {
             Message::Lines(mut lines) => {
@@ -170,13 +170,14 @@ const TRACE_SYNC: Duration = Duration::from_millis(50);
 /// Writers started so far: each one's index names its P and goroutine in a trace.
 static WRITERS: AtomicUsize = AtomicUsize::new(0);
 
-/// A writer thread as an execution trace knows it: its P and its one goroutine.
+/// A writer thread as an execution trace knows it: its P, and (in `WRITER_G`, where
+/// `write_lines` finds it) its one goroutine.
 struct TraceIdentity {
     thread: trace::Thread,
-    g: u64,
 }
 
 thread_local! {
+    /// The goroutine of the writer running on this thread.
     static WRITER_G: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
@@ -191,7 +192,7 @@ impl TraceIdentity {
         trace::register_site(Site::LogWrite, write_lines_now as *const () as usize);
         let g = trace::next_id(trace::id_base(thread));
         WRITER_G.with(|cell| cell.set(g));
-        TraceIdentity { thread, g }
+        TraceIdentity { thread }
     }
 
     /// The goroutine of the writer running on this thread.
@@ -201,7 +202,7 @@ impl TraceIdentity {
 
     /// Starts or ends this writer's recording (only while its goroutine waits).
     fn sync(&self) {
-        trace::sync(self.thread, || vec![(self.g, Site::LogWriter)]);
+        trace::sync(self.thread, || vec![(Self::current_g(), Site::LogWriter)]);
     }
 }
 

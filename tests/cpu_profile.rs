@@ -373,9 +373,22 @@ fn pin_to(cpus: &[usize]) {
     }
 }
 
+/// A thread pinned to `cpu` that keeps it busy until the returned flag is set.
+fn spin_on(cpu: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        pin_to(&[cpu]);
+        while !flag.load(Ordering::Relaxed) {
+            std::hint::spin_loop();
+        }
+    });
+    (stop, thread)
+}
+
 /// Under full contention, both ways of sampling account for the process's CPU time: two
-/// workers, their log writers and StatsD, and this test's load generators all on the
-/// same two CPUs, neither of them idle (as in production, where no CPU idles beside the
+/// workers, their log writers and StatsD, this test's load generators and a spinner per
+/// CPU all on the same two CPUs, neither of them idle (as in production, where no CPU idles beside the
 /// server). The server's CPU time over each profile's own window is measured here,
 /// independently, by polling its threads' run time every 10 ms; the profile's samples
 /// must cover at least 95% of it and at most 110% (the margin above: the polling's
@@ -420,6 +433,10 @@ fn under_full_contention_samples_cover_the_cpu_time_in_both_modes() {
     let main_affinity = allowed_cpus();
     pin_to(&both);
     let loaders: Vec<_> = (0..4).map(|_| load(&server)).collect();
+    // The loaders alone leave the CPUs idle about a tenth of the time (each waits for
+    // its 16 answers before it writes again; measured 11%); a spinner on each CPU takes
+    // whatever else is left, so nothing idles whatever the machine.
+    let spinners: Vec<_> = both.iter().map(|&cpu| spin_on(cpu)).collect();
     pin_to(&main_affinity);
     std::thread::sleep(Duration::from_millis(500));
     for kernel in modes {
@@ -465,6 +482,10 @@ fn under_full_contention_samples_cover_the_cpu_time_in_both_modes() {
             comments.contains("weights: each sample stands for"),
             "{comments}"
         );
+    }
+    for (stop, spinner) in spinners {
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
     }
     for (stop, loader) in loaders {
         stop.store(true, Ordering::Relaxed);

@@ -223,6 +223,7 @@ pub fn read_response(stream: &mut impl Read, head: bool) -> Option<Response> {
     while !raw.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => raw.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             _ => return None,
         }
     }
@@ -311,7 +312,13 @@ pub fn load_with(
         while !flag.load(Ordering::Relaxed) {
             s.get_mut().write_all(&batch).unwrap();
             for _ in 0..16 {
-                assert_eq!(read_response(&mut s, false).unwrap().status, 200);
+                let response = read_response(&mut s, false).unwrap_or_else(|| {
+                    panic!(
+                        "load: no response within 10 s (or the server closed) after \
+                         {answered} answered"
+                    )
+                });
+                assert_eq!(response.status, 200);
                 answered += 1;
             }
         }

@@ -137,45 +137,52 @@ struct Component<'q> {
 /// The `name=value` pairs of a query, found in one pass over its bytes (empty pairs
 /// skipped; a pair without `=` has an empty value). The pieces are sliced at ASCII
 /// delimiters, so each is itself valid UTF-8.
-struct Pairs<'q>(&'q str);
+struct Pairs<'q> {
+    query: &'q str,
+    /// Where the next pair starts.
+    start: usize,
+    delimiters: Delimiters<'q>,
+}
+
+impl<'q> Pairs<'q> {
+    fn new(query: &'q str) -> Pairs<'q> {
+        Pairs {
+            query,
+            start: 0,
+            delimiters: Delimiters::new(query.as_bytes()),
+        }
+    }
+}
 
 impl<'q> Iterator for Pairs<'q> {
     type Item = (Component<'q>, Component<'q>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        let bytes = self.query.as_bytes();
         loop {
-            if self.0.is_empty() {
+            if self.start >= bytes.len() {
                 return None;
             }
-            let rest = self.0;
-            let bytes = rest.as_bytes();
-            let (mut eq, mut end) = (None, rest.len());
+            let (mut eq, mut end) = (None, bytes.len());
             let (mut key_escaped, mut value_escaped) = (false, false);
-            let mut i = 0;
-            while i < bytes.len() {
-                // Most bytes are ordinary: skip them in a tight loop.
-                let class = DELIMITERS[usize::from(bytes[i])];
-                if class == 0 {
-                    i += 1;
-                    continue;
-                }
-                match class {
-                    AMPERSAND => {
+            for i in self.delimiters.by_ref() {
+                match bytes[i] {
+                    b'&' => {
                         end = i;
                         break;
                     }
-                    EQUALS if eq.is_none() => eq = Some(i),
-                    ESCAPE if eq.is_none() => key_escaped = true,
-                    ESCAPE => value_escaped = true,
-                    _ => {}
+                    b'=' if eq.is_none() => eq = Some(i),
+                    b'=' => {}
+                    _ if eq.is_none() => key_escaped = true,
+                    _ => value_escaped = true,
                 }
-                i += 1;
             }
-            self.0 = rest.get(end + 1..).unwrap_or_default();
-            if end == 0 {
+            let pair = &self.query[self.start..end];
+            let eq = eq.map(|eq| eq - self.start);
+            self.start = end + 1;
+            if pair.is_empty() {
                 continue;
             }
-            let pair = &rest[..end];
             let (key, value) = match eq {
                 Some(eq) => (&pair[..eq], &pair[eq + 1..]),
                 None => (pair, ""),
@@ -194,19 +201,67 @@ impl<'q> Iterator for Pairs<'q> {
     }
 }
 
-const AMPERSAND: u8 = 1;
-const EQUALS: u8 = 2;
-const ESCAPE: u8 = 3;
+/// The positions of the bytes that mean something to [`Pairs`] (`&`, `=`, `%`, `+`), in
+/// order: the query is looked at eight bytes at a time, since most of its bytes are
+/// ordinary (measured: a byte-at-a-time table loop was a third of a request's query
+/// parsing).
+struct Delimiters<'q> {
+    bytes: &'q [u8],
+    /// Where the word `found` describes begins.
+    base: usize,
+    /// The high bit of each delimiter byte of that word not yet returned.
+    found: u64,
+}
 
-/// What each byte means to [`Pairs`]: 0 for an ordinary byte.
-const DELIMITERS: [u8; 256] = {
-    let mut table = [0u8; 256];
-    table[b'&' as usize] = AMPERSAND;
-    table[b'=' as usize] = EQUALS;
-    table[b'%' as usize] = ESCAPE;
-    table[b'+' as usize] = ESCAPE;
-    table
-};
+impl<'q> Delimiters<'q> {
+    fn new(bytes: &'q [u8]) -> Delimiters<'q> {
+        Delimiters {
+            bytes,
+            base: 0,
+            found: delimiter_bits(word_at(bytes, 0)),
+        }
+    }
+}
+
+impl Iterator for Delimiters<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.found == 0 {
+            self.base += 8;
+            if self.base >= self.bytes.len() {
+                return None;
+            }
+            self.found = delimiter_bits(word_at(self.bytes, self.base));
+        }
+        let at = self.base + self.found.trailing_zeros() as usize / 8;
+        self.found &= self.found - 1;
+        Some(at)
+    }
+}
+
+/// The eight bytes at `at`, little-endian, zero-padded past the end (a zero byte is no
+/// delimiter).
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    if let Some(chunk) = bytes.get(at..at + 8) {
+        return u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk"));
+    }
+    // The tail, byte by byte: a copy of a variable length would call memcpy.
+    let rest = bytes.get(at..).unwrap_or_default();
+    rest.iter()
+        .rev()
+        .fold(0, |word, &b| word << 8 | u64::from(b))
+}
+
+/// The high bit of each byte of `word` that is `&`, `=`, `%` or `+`, and no other bit.
+fn delimiter_bits(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let zero_bytes = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
+    let equal_to = |b: u8| zero_bytes(word ^ (ONES * u64::from(b)));
+    // Exact per byte: adding 0x7f to a byte's low seven bits never carries out of it.
+    equal_to(b'&') | equal_to(b'=') | equal_to(b'%') | equal_to(b'+')
+}
 
 /// Where a decoded component is: still in the query (it had no escapes: no copy and no
 /// UTF-8 check, the common case), or decoded into a scratch buffer.
@@ -258,7 +313,7 @@ pub fn parse<'a>(
     scratch: &'a mut Scratch,
 ) -> Result<Params<'a>, QueryError<'a>> {
     let (mut str, mut len, mut chr) = (None, None, None);
-    for (raw_key, raw_value) in Pairs(query) {
+    for (raw_key, raw_value) in Pairs::new(query) {
         let name = raw_key.text.as_bytes();
         let bad_escape = |BadEscape| QueryError::BadEscape(name);
         let key = Decoded::new(raw_key, &mut scratch.key).map_err(bad_escape)?;
@@ -368,7 +423,7 @@ mod tests {
 
     #[test]
     fn pairs_split_on_ampersand_and_first_equals() {
-        let pairs: Vec<(&str, &str, bool, bool)> = Pairs("a=1&&b&c=x=%41&+=z&é=ü")
+        let pairs: Vec<(&str, &str, bool, bool)> = Pairs::new("a=1&&b&c=x=%41&+=z&é=ü")
             .map(|(k, v)| (k.text, v.text, k.escaped, v.escaped))
             .collect();
         assert_eq!(
@@ -381,8 +436,49 @@ mod tests {
                 ("é", "ü", false, false),
             ]
         );
-        assert_eq!(Pairs("").count(), 0);
-        assert_eq!(Pairs("&&&").count(), 0);
+        assert_eq!(Pairs::new("").count(), 0);
+        assert_eq!(Pairs::new("&&&").count(), 0);
+    }
+
+    #[test]
+    fn delimiter_bits_mark_exactly_the_delimiters_at_every_position() {
+        let is_delimiter = |b: u8| matches!(b, b'&' | b'=' | b'%' | b'+');
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                // Neighbours that could borrow or carry into the byte.
+                for fill in [0u8, 0x01, b'%' - 1, 0x7f, 0x80, 0xff] {
+                    let mut word = [fill; 8];
+                    word[at] = b;
+                    let expected = (0..8).fold(0u64, |acc, i| {
+                        acc | (u64::from(is_delimiter(word[i])) << (8 * i + 7))
+                    });
+                    let bits = delimiter_bits(u64::from_le_bytes(word));
+                    assert_eq!(bits, expected, "byte {b:#x} at {at} among {fill:#x}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time split agrees with the plain definition (split on `&`, skip
+        /// empty pairs, split each at its first `=`; escaped: holds `%` or `+`), on
+        /// queries made mostly of delimiters, so that they fall at every offset.
+        #[test]
+        fn pairs_split_as_the_definition_says(query in "[&=%+ab\u{e9}]{0,40}") {
+            let got: Vec<(&str, &str, bool, bool)> = Pairs::new(&query)
+                .map(|(k, v)| (k.text, v.text, k.escaped, v.escaped))
+                .collect();
+            let escaped = |s: &str| s.contains(['%', '+']);
+            let expected: Vec<(&str, &str, bool, bool)> = query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k, v, escaped(k), escaped(v))
+                })
+                .collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]

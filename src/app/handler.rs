@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::app::{pad, query};
 use crate::http::conn::Service;
-use crate::http::json::{self, EscapedChar};
+use crate::http::json::{EscapedChar, EscapedStr};
 use crate::http::request::{Method, Request};
 use crate::http::response::{Response, JSON, TEXT};
 use crate::http::Status;
@@ -138,16 +138,14 @@ impl App {
                 const OPEN: &[u8] = b"{\"str\":\"";
                 const CLOSE: &[u8] = b"\"}\n";
                 let pad = EscapedChar::new(params.chr);
+                let text = EscapedStr::new(params.str);
                 let str_chars = params.str.chars().count();
                 let count = pad::pad_count_for(str_chars, params.len);
-                let body_len = OPEN.len()
-                    + pad.as_bytes().len() * count
-                    + json::escaped_len(params.str)
-                    + CLOSE.len();
+                let body_len = OPEN.len() + pad.as_bytes().len() * count + text.len() + CLOSE.len();
                 res.send(Status::OK, JSON, b"", body_len, |out| {
                     out.extend_from_slice(OPEN);
                     pad.write_repeated(out, count);
-                    json::write_escaped(out, params.str);
+                    text.write(out);
                     out.extend_from_slice(CLOSE);
                 });
                 Some(u32::try_from(str_chars).unwrap_or(u32::MAX))

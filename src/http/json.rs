@@ -90,9 +90,48 @@ pub fn write_escaped(out: &mut Vec<u8>, s: &str) {
 
 /// The number of bytes [`write_escaped`] would append for `s`.
 pub fn escaped_len(s: &str) -> usize {
+    if s.bytes().all(|b| ACTIONS[usize::from(b)] == 0) {
+        return s.len();
+    }
     let mut len = 0;
     walk_escaped(s, |piece| len += piece.len());
     len
+}
+
+/// A string to write escaped, with its escaped length measured once: a response needs
+/// the length for `Content-Length` before it writes the body.
+#[derive(Clone, Copy, Debug)]
+pub struct EscapedStr<'s> {
+    text: &'s str,
+    len: usize,
+}
+
+impl<'s> EscapedStr<'s> {
+    pub fn new(text: &'s str) -> EscapedStr<'s> {
+        EscapedStr {
+            text,
+            len: escaped_len(text),
+        }
+    }
+
+    /// The bytes [`EscapedStr::write`] appends.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        // Every escape is longer than what it replaces, so an unchanged length means
+        // there is nothing to escape (the usual case): one copy.
+        if self.len == self.text.len() {
+            out.extend_from_slice(self.text.as_bytes());
+        } else {
+            write_escaped(out, self.text);
+        }
+    }
 }
 
 /// One character, escaped: at most 6 bytes (`\u00xx`; a raw character is at most 4).
@@ -147,10 +186,15 @@ impl EscapedChar {
 mod tests {
     use super::*;
 
+    /// `s` escaped, checking that every way to escape it agrees on the bytes and length.
     fn escape(s: &str) -> String {
         let mut out = Vec::new();
         write_escaped(&mut out, s);
         assert_eq!(out.len(), escaped_len(s), "length of {s:?}");
+        let measured = EscapedStr::new(s);
+        let mut again = Vec::new();
+        measured.write(&mut again);
+        assert_eq!((again.len(), &again), (measured.len(), &out), "{s:?}");
         String::from_utf8(out).unwrap()
     }
 

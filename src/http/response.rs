@@ -3,7 +3,7 @@
 //! The body length is always known before the head is written, so every response carries
 //! an exact `Content-Length` and nothing is ever buffered twice.
 
-use crate::http::json;
+use crate::http::json::EscapedStr;
 
 use super::Status;
 
@@ -95,10 +95,11 @@ impl<'a> Response<'a> {
     pub fn error(&mut self, status: Status, message: &str, extra_headers: &[u8]) {
         const OPEN: &[u8] = b"{\"error\":\"";
         const CLOSE: &[u8] = b"\"}\n";
-        let body_len = OPEN.len() + json::escaped_len(message) + CLOSE.len();
+        let message = EscapedStr::new(message);
+        let body_len = OPEN.len() + message.len() + CLOSE.len();
         self.send(status, JSON, extra_headers, body_len, |out| {
             out.extend_from_slice(OPEN);
-            json::write_escaped(out, message);
+            message.write(out);
             out.extend_from_slice(CLOSE);
         });
     }

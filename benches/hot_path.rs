@@ -18,7 +18,8 @@ use leftpad::app::handler::{App, Handled, Route};
 use leftpad::app::{pad, query};
 use leftpad::http::conn::Conn;
 use leftpad::http::json;
-use leftpad::http::request::Limits;
+use leftpad::http::request::{self, Limits};
+use leftpad::http::response::{Connection, Response, JSON};
 use leftpad::http::Status;
 use leftpad::telemetry::accesslog::line::write_line;
 use leftpad::telemetry::accesslog::{Line, LineTime, Target, Writer};
@@ -100,6 +101,31 @@ fn pure_functions(c: &mut Criterion) {
             pad::leftpad_into(&mut out, black_box("test"), black_box(len), '*');
         });
     }
+
+    bench(c, "http/head", || {
+        black_box(matches!(
+            request::parse(black_box(REQUEST), &LIMITS),
+            request::Parsed::Complete { .. }
+        ));
+    });
+    // httparse alone, as `request::parse` calls it: the floor under `http/head`.
+    bench(c, "http/httparse", || {
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+        let mut req = httparse::Request::new(&mut []);
+        black_box(
+            req.parse_with_uninit_headers(black_box(REQUEST), &mut headers)
+                .is_ok(),
+        );
+    });
+    let mut out = Vec::with_capacity(4096);
+    bench(c, "http/response", || {
+        out.clear();
+        let mut response = Response::new(&mut out, DATE, false, Connection::Default);
+        response.send(Status::OK, JSON, b"", 4, |body| {
+            body.extend_from_slice(b"{}\n\n")
+        });
+        black_box(&out);
+    });
 
     let mut scratch = query::Scratch::default();
     bench(c, "query/article", || {

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::http::words;
+
 /// Reusable decode buffers, used only for components that contain escapes: one per
 /// parameter we keep, one for names, one for the rest.
 #[derive(Default)]
@@ -218,7 +220,7 @@ impl<'q> Delimiters<'q> {
         Delimiters {
             bytes,
             base: 0,
-            found: delimiter_bits(word_at(bytes, 0)),
+            found: delimiter_bits(words::word_at(bytes, 0)),
         }
     }
 }
@@ -232,7 +234,7 @@ impl Iterator for Delimiters<'_> {
             if self.base >= self.bytes.len() {
                 return None;
             }
-            self.found = delimiter_bits(word_at(self.bytes, self.base));
+            self.found = delimiter_bits(words::word_at(self.bytes, self.base));
         }
         let at = self.base + self.found.trailing_zeros() as usize / 8;
         self.found &= self.found - 1;
@@ -240,26 +242,9 @@ impl Iterator for Delimiters<'_> {
     }
 }
 
-/// The eight bytes at `at`, little-endian, zero-padded past the end (a zero byte is no
-/// delimiter).
-fn word_at(bytes: &[u8], at: usize) -> u64 {
-    if let Some(chunk) = bytes.get(at..at + 8) {
-        return u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk"));
-    }
-    // The tail, byte by byte: a copy of a variable length would call memcpy.
-    let rest = bytes.get(at..).unwrap_or_default();
-    rest.iter()
-        .rev()
-        .fold(0, |word, &b| word << 8 | u64::from(b))
-}
-
 /// The high bit of each byte of `word` that is `&`, `=`, `%` or `+`, and no other bit.
 fn delimiter_bits(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let zero_bytes = |v: u64| !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7);
-    let equal_to = |b: u8| zero_bytes(word ^ (ONES * u64::from(b)));
-    // Exact per byte: adding 0x7f to a byte's low seven bits never carries out of it.
+    let equal_to = |b| words::bytes_equal(word, b);
     equal_to(b'&') | equal_to(b'=') | equal_to(b'%') | equal_to(b'+')
 }
 

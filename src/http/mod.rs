@@ -2,7 +2,7 @@
 //!
 //! [`conn::Conn`] is the per-connection state machine (framing, keep-alive, pipelining,
 //! limits); [`request`] parses and checks one head; [`response`] writes one answer;
-//! [`date`] caches the `Date` header. Nothing here touches a socket or reads a clock:
+//! [`date`] caches the `Date` header; [`words`] scans bytes eight at a time. Nothing here touches a socket or reads a clock:
 //! the worker owns those and hands this module bytes and the current date.
 
 pub mod conn;
@@ -10,6 +10,7 @@ pub mod date;
 pub mod json;
 pub mod request;
 pub mod response;
+pub mod words;
 
 /// An HTTP status code with its reason phrase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

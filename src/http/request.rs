@@ -6,7 +6,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::Status;
+use super::{words, Status};
 
 /// Protocol limits, each from a command-line flag.
 #[derive(Clone, Copy, Debug)]
@@ -154,7 +154,7 @@ fn check<'b>(req: &httparse::Request<'_, 'b>, limits: &Limits) -> Result<Request
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         // Dispatch on the length first: most headers are compared with one name, or none.
-        let is = |wanted: &[u8]| name.eq_ignore_ascii_case(wanted);
+        let is = |wanted: &[u8]| is_name(name, wanted);
         match name.len() {
             4 if is(b"host") => hosts += 1,
             6 if is(b"expect") => {
@@ -234,13 +234,47 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
     })
 }
 
+/// Whether the header name `name` is `lower` (a lower-case name of letters and `-`, as
+/// long as `name`), ignoring case, eight bytes at a time (measured: a byte-at-a-time
+/// `eq_ignore_ascii_case` was a third of the checks of a three-header request).
+///
+/// Setting the 0x20 bit of every byte is exact here: a byte that becomes a lower-case
+/// letter was that letter in either case, and one that becomes `-` (0x2d) was `-` or a
+/// carriage return (0x0d), which httparse never lets into a header name (a token).
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let len = name.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    let word = |bytes: &[u8], at: usize| {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("an 8-byte chunk"))
+    };
+    // Whole words, then one more ending at the last byte (overlapping the one before).
+    let last = len - 8;
+    (0..last)
+        .step_by(8)
+        .chain([last])
+        .all(|at| word(name, at) | CASE == word(lower, at))
+}
+
 /// Splits a request-target into path and query; absolute-form loses scheme and authority.
 fn split_target(target: &str) -> (&[u8], &str) {
-    let origin = match strip_scheme(target) {
-        Some(rest) => rest.find(['/', '?']).map_or("", |i| &rest[i..]),
-        None => target,
+    // Origin-form (`/path?query`, what clients send but to proxies) needs no scheme test.
+    let origin = match target.as_bytes().first() {
+        Some(b'/') => target,
+        _ => match strip_scheme(target) {
+            Some(rest) => rest.find(['/', '?']).map_or("", |i| &rest[i..]),
+            None => target,
+        },
     };
-    let (path, query) = origin.split_once('?').unwrap_or((origin, ""));
+    let (path, query) = match words::find(origin.as_bytes(), b'?') {
+        Some(at) => (&origin[..at], &origin[at + 1..]),
+        None => (origin, ""),
+    };
     // Absolute-form with no path ("http://host?q") means "/".
     (
         if path.is_empty() {
@@ -282,6 +316,33 @@ mod tests {
             Parsed::Rejected(r) => r,
             other => panic!("expected a rejection for {raw:?}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn header_names_match_in_any_case_and_only_themselves() {
+        for wanted in [
+            "host",
+            "expect",
+            "user-agent",
+            "connection",
+            "content-length",
+        ] {
+            assert!(is_name(wanted.as_bytes(), wanted.as_bytes()));
+            assert!(is_name(wanted.to_uppercase().as_bytes(), wanted.as_bytes()));
+            // One byte changed anywhere, to another token character.
+            for at in 0..wanted.len() {
+                for other in [b'x', b'_', b'0', b'~', b'.'] {
+                    let mut name = wanted.as_bytes().to_vec();
+                    if name[at].eq_ignore_ascii_case(&other) {
+                        continue;
+                    }
+                    name[at] = other;
+                    assert!(!is_name(&name, wanted.as_bytes()), "{name:?}");
+                }
+            }
+        }
+        assert!(is_name(b"Transfer-Encoding", b"transfer-encoding"));
+        assert!(!is_name(b"Transfer-Encodin", b"transfer-encoding"));
     }
 
     #[test]

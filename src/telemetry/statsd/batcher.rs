@@ -102,8 +102,36 @@ struct Aggregate {
     /// Multi-value lines being filled: the metric's name, then `:value|type|@rate`s.
     timings: MultiValue,
     str_lens: MultiValue,
-    /// One value being formatted.
-    value: Vec<u8>,
+    /// The last timing and `str` length values formatted, to pack again without
+    /// formatting: requests pipelined in one read share their handling time, and most
+    /// `str` lengths repeat.
+    timing: FormattedValue,
+    str_len: FormattedValue,
+}
+
+/// One `:value|type|@rate` packed value, formatted, and the number it was formatted from.
+struct FormattedValue {
+    of: Option<u64>,
+    text: Vec<u8>,
+}
+
+impl FormattedValue {
+    fn new(capacity: usize) -> FormattedValue {
+        FormattedValue {
+            of: None,
+            text: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// The text for `number`, written by `format` unless it is the last one's.
+    fn of(&mut self, number: u64, format: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        if self.of != Some(number) {
+            self.of = Some(number);
+            self.text.clear();
+            format(&mut self.text);
+        }
+        &self.text
+    }
 }
 
 /// A multi-value line: the metric's name, then its packed values.
@@ -179,7 +207,8 @@ impl Batcher {
             statuses: [0; CODES.len()],
             timings: MultiValue::new(head("request.leftpad.timing"), max_packet + longest_line),
             str_lens: MultiValue::new(head("request.str.len"), max_packet + longest_line),
-            value: Vec::with_capacity(longest_line),
+            timing: FormattedValue::new(longest_line),
+            str_len: FormattedValue::new(longest_line),
         });
         Batcher {
             timing_head,
@@ -327,21 +356,23 @@ impl Batcher {
         if status.0 != 200 {
             aggregate.statuses[code_index(status.0)] += 1;
         }
-        let value = &mut aggregate.value;
+        let rate_tag = &self.rate_tag;
         if keep_timing {
-            value.clear();
-            value.push(b':');
-            write_millis(value, micros);
-            value.extend_from_slice(b"|ms");
-            value.extend_from_slice(&self.rate_tag);
+            let value = aggregate.timing.of(micros, |value| {
+                value.push(b':');
+                write_millis(value, micros);
+                value.extend_from_slice(b"|ms");
+                value.extend_from_slice(rate_tag);
+            });
             aggregate.timings.pack(value, &mut self.packet, send);
         }
         if let (true, Some(chars)) = (keep_str_len, handled.str_chars) {
-            value.clear();
-            value.push(b':');
-            value.extend_from_slice(itoa::Buffer::new().format(chars).as_bytes());
-            value.extend_from_slice(b"|h");
-            value.extend_from_slice(&self.rate_tag);
+            let value = aggregate.str_len.of(u64::from(chars), |value| {
+                value.push(b':');
+                value.extend_from_slice(itoa::Buffer::new().format(chars).as_bytes());
+                value.extend_from_slice(b"|h");
+                value.extend_from_slice(rate_tag);
+            });
             aggregate.str_lens.pack(value, &mut self.packet, send);
         }
     }

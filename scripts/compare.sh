@@ -98,4 +98,43 @@ for pipeline in sorted({r['pipeline'] for r in rows}, key=int):
         # wrk's latency histogram is not meaningful with pipelining (it times batches).
         lat = lambda k: f"{med(k):9.0f}" if pipeline == '1' else f"{'-':>9}"
         print(f"{spec:<22}{pipeline:>9}{med('rps'):12.0f}{lat('p50_us')}{lat('p99_us')}{cpu:12.3f}{cpu / base:8.2f}{paired:8.3f}")
+
+# One table, a column per pipeline depth: each server's CPU per request beside the
+# floor's (the paired median of its ratio to the floor in each round, when there is one).
+pipelines = sorted({r['pipeline'] for r in rows}, key=int)
+def cpu(spec, pipeline, rnd=None):
+    return [float(r['cpu_us_per_req']) for r in rows if r['spec'] == spec
+            and r['pipeline'] == pipeline and (rnd is None or r['round'] == rnd)]
+def paired(spec, other, pipeline):
+    ratios = []
+    for rnd in sorted({r['round'] for r in rows}, key=int):
+        a, b = cpu(spec, pipeline, rnd), cpu(other, pipeline, rnd)
+        if a and b:
+            ratios.append(a[0] / b[0])
+    return ratios
+floor = next((s for s in servers if s == 'floor' or s.startswith('floor@')), None)
+print()
+print("CPU us per request, median" + (f" (x {floor}: paired median)" if floor else ""))
+print(f"{'server':<22}" + "".join(f"{'pipeline ' + p:>22}" for p in pipelines))
+for spec in servers:
+    cells = []
+    for p in pipelines:
+        values = cpu(spec, p)
+        if not values:
+            cells.append(f"{'-':>22}")
+            continue
+        cell = f"{statistics.median(values):.3f}"
+        if floor and spec != floor and paired(spec, floor, p):
+            cell += f" ({statistics.median(paired(spec, floor, p)):.2f}x)"
+        cells.append(f"{cell:>22}")
+    print(f"{spec:<22}" + "".join(cells))
+# The cost of observability, round by round (the aim is a bound in every round).
+quiet, observed = 'leftpad', 'leftpad+log+statsd'
+if quiet in servers and observed in servers:
+    print()
+    print(f"{observed} / {quiet}, each round:")
+    for p in pipelines:
+        ratios = paired(observed, quiet, p)
+        print(f"  pipeline {p}: " + " ".join(f"{x:.3f}" for x in ratios)
+              + f"  (median {statistics.median(ratios):.3f}, worst {max(ratios):.3f})")
 PY

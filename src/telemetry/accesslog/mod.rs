@@ -12,7 +12,8 @@
 //!   `--log-buffer`, every `--log-flush-ms` and at shutdown, hands whole lines over;
 //! - [`writer`]: the worker's [`Writer`] thread, pinned to the same CPU, which appends
 //!   them to the file with one `O_APPEND` write (or `PIPE_BUF`-sized whole-line writes
-//!   on a pipe), so lines from different workers never tear or interleave.
+//!   on a pipe), so lines from different workers never tear or interleave, and lets
+//!   the written pages of a file leave the page cache ([`pagecache`]).
 //!
 //! A slow disk or a full pipe blocks the writer, never the worker: measured here, a
 //! plain 64 KiB append takes 30 µs at the median but 2.4 ms at p99, far too long to
@@ -20,6 +21,7 @@
 
 pub mod buffer;
 pub mod line;
+mod pagecache;
 pub mod writer;
 
 use std::fs::{File, OpenOptions};

@@ -14,6 +14,7 @@ use crate::profile::trace::{self, Notice, Site};
 use crate::telemetry::counters::{Scalar, WorkerCounters};
 
 use super::buffer::{AccessLog, Handoff, Message};
+use super::pagecache::Trim;
 use super::Target;
 
 /// The writer thread of one worker.
@@ -68,6 +69,7 @@ fn write_until_closed(
     warned: &AtomicBool,
 ) {
     let mut is_pipe = is_pipe_like(&file);
+    let mut trim = Trim::default();
     let mut torn = false;
     let tracing = TraceIdentity::new();
     // Whether the writer's goroutine (in an execution trace) is running, not waiting.
@@ -114,6 +116,9 @@ fn write_until_closed(
                 match write_lines(&mut file, &lines, is_pipe) {
                     Ok(()) => {
                         counters[Scalar::LogBytesWritten].add_shared(lines.len() as u64);
+                        if !is_pipe {
+                            trim.after_write(&file, lines.len());
+                        }
                     }
                     Err((written, e)) => {
                         // Whole lines written stay; the rest (a cut one included) is lost.
@@ -133,6 +138,7 @@ fn write_until_closed(
                 Ok(new) => {
                     is_pipe = is_pipe_like(&new);
                     file = new;
+                    trim = Trim::default();
                 }
                 Err(e) => report("cannot reopen, still writing to the old file", &e),
             },

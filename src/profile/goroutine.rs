@@ -8,7 +8,6 @@
 //! the worker's 50 ms tick answers, so there is no cost per request, only the state
 //! the worker already keeps per connection.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,7 +17,8 @@ use super::pprof::{Builder, Frame};
 /// One connection task, as its worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskInfo {
-    pub peer: SocketAddr,
+    /// The peer's address, as the access log writes it.
+    pub peer: String,
     /// Its state in the worker's connection table (`Idle`, `Head`, ...).
     pub state: &'static str,
     /// What it waits for, in words (the profile's leaf frame).
@@ -180,7 +180,7 @@ mod tests {
 
     fn conn(waits_for: &'static str, requests: u64) -> TaskInfo {
         TaskInfo {
-            peer: "127.0.0.1:4000".parse().unwrap(),
+            peer: "127.0.0.1:4000".into(),
             state: if waits_for == IDLE { "Idle" } else { "Other" },
             waits_for,
             age: Duration::from_millis(1500),

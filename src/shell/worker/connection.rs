@@ -26,7 +26,7 @@ use crate::profile::trace::{self, Site};
 
 use super::deadline::{self, HeadClock, LINGER_TIME, TIMEOUT_ANSWER_TIME};
 use super::parking::Resume;
-use super::table::{ConnState, PeerText, Registration};
+use super::table::{ConnState, Registration};
 use super::Worker;
 
 /// After the server decides to close, how much it keeps reading (and discarding) so
@@ -407,9 +407,9 @@ impl Session {
             .conns
             .borrow()
             .get(self.reg.key)
-            .map(|slot| slot.peer);
+            .map(|slot| slot.peer_text);
         if let Some(peer) = peer {
-            worker.record_unparsed(Status::REQUEST_TIMEOUT, &PeerText::new(peer));
+            worker.record_unparsed(Status::REQUEST_TIMEOUT, &peer);
         }
         self.note(ConnState::Writing, Instant::now() + TIMEOUT_ANSWER_TIME);
     }

@@ -344,7 +344,7 @@ impl Worker {
                 .borrow()
                 .iter()
                 .map(|(_, slot)| TaskInfo {
-                    peer: slot.peer,
+                    peer: String::from_utf8_lossy(slot.peer_text.as_bytes()).into_owned(),
                     state: slot.state.name(),
                     waits_for: slot.state.describe(),
                     age: now - slot.since,

@@ -5,22 +5,24 @@
 # medians), drawn as an SVG chart (scripts/chart.py).
 #
 #   scripts/sweep.sh [-d SECONDS] [-r ROUNDS] [-c "64 1000 10000"] [-p "1"]
-#                    [-s "leftpad nginx go-v2"] [-o DIR]
+#                    [-s "leftpad nginx go-v2"] [-w SECONDS] [-o DIR]
 #
 # Servers: those of scripts/lib.sh (leftpad, floor, nginx, go-v2: the article's Go
 # service, GOMAXPROCS=1). leftpad runs without its access log and StatsD, as the others
 # have none. Prints, and writes to DIR/summary.txt, leftpad's CPU per request at the
-# largest connection count over the smallest (aim: at most 1.2).
+# largest connection count over the smallest (aim: at most 1.2). With -w W, leftpad's
+# figures are also taken over each run after its first W seconds (scripts/load.sh -w), so
+# that the accept burst of the connections is measured apart from the steady state.
 # Output: DIR/sweep.csv (medians), DIR/runs.csv, DIR/summary.txt, DIR/sweep.svg
 # (default DIR: bench-results/runs/<date>-<commit>-sweep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=10 rounds=3 outdir='' conn_list="64 1000 10000" pipelines="1" servers="leftpad nginx go-v2"
-while getopts "d:r:o:c:p:s:" opt; do
+duration=10 rounds=3 outdir='' conn_list="64 1000 10000" pipelines="1" servers="leftpad nginx go-v2" warmup=''
+while getopts "d:r:o:c:p:s:w:" opt; do
   case $opt in
     d) duration=$OPTARG ;; r) rounds=$OPTARG ;; o) outdir=$OPTARG ;; c) conn_list=$OPTARG ;;
-    p) pipelines=$OPTARG ;; s) servers=$OPTARG ;; *) sed -n '2,15p' "$0"; exit 2 ;;
+    p) pipelines=$OPTARG ;; s) servers=$OPTARG ;; w) warmup=$OPTARG ;; *) sed -n '2,17p' "$0"; exit 2 ;;
   esac
 done
 source scripts/lib.sh
@@ -38,19 +40,22 @@ cargo build --release --quiet --bin leftpad --example floor
 } | tee "$outdir/summary.txt"
 
 runs="$outdir/runs.csv"
-echo "round,server,pipeline,connections,rps,p99_us,cpu_us_per_req,errors" >"$runs"
+echo "round,server,pipeline,connections,rps,p99_us,cpu_us_per_req,steady_cpu_us_per_req,errors" >"$runs"
 for round in $(seq "$rounds"); do
   for pipeline in $pipelines; do
     for conns in $conn_list; do
       for server in $servers; do
         args=()
-        [ "$server" = leftpad ] && args=(-- --access-log off --statsd off --max-connections 19000)
+        if [ "$server" = leftpad ]; then
+          [ -n "$warmup" ] && args=(-w "$warmup")
+          args+=(-- --access-log off --statsd off --max-connections 19000)
+        fi
         line=$(scripts/load.sh -s "$server" -c "$conns" -d "$duration" -p "$pipeline" "${args[@]}")
         echo "round $round: $line"
         echo "$line" | awk -v r="$round" -v s="$server" -v p="$pipeline" -v c="$conns" '{
           for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
           e = $0; sub(/.*errors=/, "", e); gsub(/[",]/, "", e)
-          printf "%s,%s,%s,%s,%s,%s,%s,%s\n", r, s, p, c, v["rps"], v["p99_us"], v["cpu_us_per_req"], e }' >>"$runs"
+          printf "%s,%s,%s,%s,%s,%s,%s,%s,%s\n", r, s, p, c, v["rps"], v["p99_us"], v["cpu_us_per_req"], v["steady_cpu_us_per_req"], e }' >>"$runs"
       done
     done
   done
@@ -80,6 +85,13 @@ for pipeline in sorted({k[1] for k in keys}):
         ratio = cpu["leftpad", pipeline, hi] / cpu["leftpad", pipeline, lo]
         verdict = "aim met" if ratio <= 1.2 else "aim NOT met"
         print(f"leftpad CPU per request, pipeline {pipeline}: {hi} connections / {lo} = {ratio:.3f} ({verdict}: <= 1.2)")
+        steady = lambda n: [float(r["steady_cpu_us_per_req"]) for r in rows if r["server"] == "leftpad"
+                            and int(r["pipeline"]) == pipeline and int(r["connections"]) == n and r["steady_cpu_us_per_req"]]
+        if steady(lo) and steady(hi):
+            s_lo, s_hi = statistics.median(steady(lo)), statistics.median(steady(hi))
+            per_round = [h / l for h, l in zip(steady(hi), steady(lo))]
+            print(f"  steady state (after the warm-up): {s_hi:.3f} / {s_lo:.3f} us = {s_hi / s_lo:.3f}"
+                  f" (per round {' '.join(f'{x:.3f}' for x in per_round)}); the run as a whole {ratio:.3f}")
 PY
 python3 scripts/chart.py "$outdir/sweep.csv" "$outdir/sweep.svg" \
   "$servers, commit $commit, $(nproc) CPUs, server on CPU 0, wrk -t1 on CPU 1, ${duration}s x $rounds"

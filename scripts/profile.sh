@@ -4,8 +4,8 @@
 # wrk (CPU 1), take a profile from the admin port while the load runs, and write the
 # article's reports.
 #
-#   scripts/profile.sh [-t KIND] [-s SECONDS] [-p PIPELINE] [-k auto|on|off] [-l REGEX]
-#                      [-o DIR] [-- EXTRA LEFTPAD ARGS]
+#   scripts/profile.sh [-t KIND] [-s SECONDS] [-p PIPELINE] [-c CONNS] [-k auto|on|off]
+#                      [-l REGEX] [-o DIR] [-- EXTRA LEFTPAD ARGS]
 #
 # KIND (default cpu):
 #   cpu        profile + flame graph: top.txt, top-cum.txt, list.txt (-l, default the
@@ -28,11 +28,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+# wrk and the server each need a descriptor per connection (-c 10000: the limit here is 20,000).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-kind=cpu seconds='' pipeline=1 kernel=auto list='leftpad::shell::worker::connection::Session::answer' outdir=''
-while getopts "t:s:p:k:l:o:" opt; do
+kind=cpu seconds='' pipeline=1 conns=64 kernel=auto list='leftpad::shell::worker::connection::Session::answer' outdir=''
+while getopts "t:s:p:c:k:l:o:" opt; do
   case $opt in
-    t) kind=$OPTARG ;; s) seconds=$OPTARG ;; p) pipeline=$OPTARG ;; k) kernel=$OPTARG ;;
+    t) kind=$OPTARG ;; s) seconds=$OPTARG ;; p) pipeline=$OPTARG ;; c) conns=$OPTARG ;; k) kernel=$OPTARG ;;
     l) list=$OPTARG ;; o) outdir=$OPTARG ;;
     *) sed -n '2,31p' "$0"; exit 2 ;;
   esac
@@ -75,7 +77,7 @@ init = function(args) req = string.rep(wrk.format(nil), tonumber(args[1]) or 1) 
 request = function() return req end
 LUA
 # Load for both captures plus a margin; wrk stops by itself.
-taskset -c "$load_cpu" wrk -t1 -c64 -d"$((2 * seconds + 4))s" --latency -s "$workdir/pipeline.lua" \
+taskset -c "$load_cpu" wrk -t1 -c"$conns" -d"$((2 * seconds + 4))s" --latency -s "$workdir/pipeline.lua" \
   "http://$addr$bench_path" -- "$pipeline" >"$workdir/wrk.txt" 2>&1 &
 wrk_pid=$!
 sleep 1
@@ -143,7 +145,7 @@ wait "$wrk_pid" || true
   echo "date: $(date -u +%FT%TZ)"
   echo "commit: $commit"
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
-  echo "load: wrk -t1 -c64, pipeline $pipeline, server on CPU $server_cpu, wrk on CPU $load_cpu"
+  echo "load: wrk -t1 -c$conns, pipeline $pipeline, server on CPU $server_cpu, wrk on CPU $load_cpu"
   echo "server: access log to a file, StatsD (rate 0.5) to a listening socket"
   grep -E "Requests/sec|requests in" "$workdir/wrk.txt"
 } >"$outdir/run.txt"

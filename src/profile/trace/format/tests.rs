@@ -42,6 +42,15 @@ fn input<'a>(sym: &'a Symbols, procs: &'a [Proc<'a>]) -> Input<'a> {
     }
 }
 
+/// A P with `events` and nothing lost.
+fn proc(id: u32, events: &[Event]) -> Proc<'_> {
+    Proc {
+        id,
+        events,
+        lost: 0,
+    }
+}
+
 fn uvarint(v: u64) -> Vec<u8> {
     let mut b = Vec::new();
     put_uvarint(&mut b, v);
@@ -79,11 +88,7 @@ fn records_inline_up_to_three_arguments_then_length_prefixed() {
 #[test]
 fn an_empty_trace_is_header_batch_gomaxprocs_frequency() {
     let sym = Symbols::new();
-    let procs = [Proc {
-        id: 0,
-        events: &[],
-        lost: 0,
-    }];
+    let procs = [proc(0, &[])];
     let mut inp = input(&sym, &procs);
     inp.start_ts = 100;
     inp.gomaxprocs = 1;
@@ -189,11 +194,7 @@ fn start_frames_never_have_pc_zero() {
         Event::go_unblock(9, 6, StackId::NONE),
         Event::go_start(10, 6),
     ];
-    let procs = [Proc {
-        id: 0,
-        events: &w0,
-        lost: 0,
-    }];
+    let procs = [proc(0, &w0)];
     let out = encode(&input(&sym, &procs)).unwrap();
     go::parse(&out.bytes).unwrap();
 }
@@ -201,27 +202,12 @@ fn start_frames_never_have_pc_zero() {
 #[test]
 fn bad_inputs_are_errors() {
     let sym = Symbols::new();
-    let procs = [
-        Proc {
-            id: 1,
-            events: &[],
-            lost: 0,
-        },
-        Proc {
-            id: 1,
-            events: &[],
-            lost: 0,
-        },
-    ];
+    let procs = [proc(1, &[]), proc(1, &[])];
     assert_eq!(
         encode(&input(&sym, &procs)).unwrap_err(),
         Error::DuplicateProc(1)
     );
-    let procs = [Proc {
-        id: 1_000_000,
-        events: &[],
-        lost: 0,
-    }];
+    let procs = [proc(1_000_000, &[])];
     assert_eq!(
         encode(&input(&sym, &procs)).unwrap_err(),
         Error::ProcId(1_000_000)
@@ -313,23 +299,7 @@ fn a_well_formed_server_trace_needs_no_repair() {
     let mut sym = Symbols::new();
     let s = stacks(&mut sym);
     let (w0, w1, lw) = server(&s);
-    let procs = [
-        Proc {
-            id: 0,
-            events: &w0,
-            lost: 0,
-        },
-        Proc {
-            id: 1,
-            events: &w1,
-            lost: 0,
-        },
-        Proc {
-            id: 2,
-            events: &lw,
-            lost: 0,
-        },
-    ];
+    let procs = [proc(0, &w0), proc(1, &w1), proc(2, &lw)];
     let existing = [Existing {
         g: 7,
         start: s.writer,
@@ -389,23 +359,7 @@ fn strings_and_stacks_are_written_and_logs_inline() {
     let mut sym = Symbols::new();
     let s = stacks(&mut sym);
     let (w0, w1, lw) = server(&s);
-    let procs = [
-        Proc {
-            id: 0,
-            events: &w0,
-            lost: 0,
-        },
-        Proc {
-            id: 1,
-            events: &w1,
-            lost: 0,
-        },
-        Proc {
-            id: 2,
-            events: &lw,
-            lost: 0,
-        },
-    ];
+    let procs = [proc(0, &w0), proc(1, &w1), proc(2, &lw)];
     let out = encode(&input(&sym, &procs)).unwrap();
     let tr = go::parse(&out.bytes).unwrap();
     let log = tr.events.iter().find(|e| e.typ == ev::USER_LOG).unwrap();
@@ -496,11 +450,7 @@ fn repairs_what_go_would_reject() {
         Event::go_start(26, 5),        // 42 still running: descheduled
         Event::go_start(27, u64::MAX), // not a goroutine id: dropped
     ];
-    let procs = [Proc {
-        id: 3,
-        events: &w0,
-        lost: 0,
-    }];
+    let procs = [proc(3, &w0)];
     let out = encode(&input(&sym, &procs)).unwrap();
     let st = out.stats;
     assert_eq!(st.dropped, 4, "{st:?}");
@@ -531,11 +481,7 @@ fn logs_outside_a_goroutine_get_one_of_their_own() {
         Event::proc_start(14, 0),
         Event::proc_stop(15),
     ];
-    let procs = [Proc {
-        id: 0,
-        events: &w0,
-        lost: 0,
-    }];
+    let procs = [proc(0, &w0)];
     let out = encode(&input(&sym, &procs)).unwrap();
     let st = out.stats;
     assert_eq!((st.hosted, st.dropped, st.inserted), (2, 0, 0), "{st:?}");
@@ -561,18 +507,7 @@ fn timestamps_going_back_on_a_thread_are_raised() {
         Event::go_unblock(130, 5, s.wake),
         Event::go_start(125, 5),
     ];
-    let procs = [
-        Proc {
-            id: 0,
-            events: &w0,
-            lost: 0,
-        },
-        Proc {
-            id: 1,
-            events: &w1,
-            lost: 0,
-        },
-    ];
+    let procs = [proc(0, &w0), proc(1, &w1)];
     let out = encode(&input(&sym, &procs)).unwrap();
     assert_eq!(out.stats.dropped, 0);
     go::parse(&out.bytes).unwrap();

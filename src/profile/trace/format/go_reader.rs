@@ -200,14 +200,7 @@ fn read(r: &mut Reader<'_>) -> Result<Raw, String> {
                         last_g = e.args[0];
                         e.g = last_g;
                     }
-                    ev::GO_END
-                    | ev::GO_STOP
-                    | ev::GO_SCHED
-                    | ev::GO_SLEEP
-                    | ev::GO_BLOCK
-                    | ev::GO_BLOCK_RECV
-                    | ev::GO_BLOCK_NET
-                    | ev::GO_SYSBLOCK => last_g = 0,
+                    t if stops_the_running_goroutine(t) => last_g = 0,
                     ev::GO_SYSEXIT | ev::GO_WAITING | ev::GO_IN_SYSCALL => e.g = e.args[0],
                     _ => {}
                 }
@@ -378,14 +371,7 @@ fn check(events: &[Ev], stacks: &HashMap<u64, Vec<[u64; 4]>>) -> Result<(), Stri
                 g.started = true;
                 p.g = e.g;
             }
-            ev::GO_END
-            | ev::GO_STOP
-            | ev::GO_SCHED
-            | ev::GO_SLEEP
-            | ev::GO_BLOCK
-            | ev::GO_BLOCK_RECV
-            | ev::GO_BLOCK_NET
-            | ev::GO_SYSBLOCK => {
+            t if stops_the_running_goroutine(t) => {
                 running(p, g, e, false)?;
                 g.started = false;
                 g.state = match e.typ {
@@ -453,4 +439,20 @@ fn check(events: &[Ev], stacks: &HashMap<u64, Vec<[u64; 4]>>) -> Result<(), Stri
         Some((id, _)) => Err(format!("viewer: g {id} still running at the end")),
         None => Ok(()),
     }
+}
+
+/// The events after which the goroutine that ran on the P runs no more, as Go's reader
+/// counts them (in `parseEvents`' goroutine tracking and `postProcessTrace`'s checks).
+fn stops_the_running_goroutine(typ: u8) -> bool {
+    matches!(
+        typ,
+        ev::GO_END
+            | ev::GO_STOP
+            | ev::GO_SCHED
+            | ev::GO_SLEEP
+            | ev::GO_BLOCK
+            | ev::GO_BLOCK_RECV
+            | ev::GO_BLOCK_NET
+            | ev::GO_SYSBLOCK
+    )
 }

@@ -346,8 +346,9 @@ fn c_string(bytes: &[u8], at: usize) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// Every stub of this test binary has a name and lies in its text mapping; on
-    /// x86-64 glibc, its `memcpy` stub is one and is named as objdump names it.
+    /// Every stub of this test binary has a name, lies in its text mapping and is named
+    /// as objdump names it. (Which functions have stubs depends on the build: a release
+    /// build calls most through the GOT, and its lib tests keep two stubs.)
     #[test]
     fn stubs_of_this_executable_are_named() {
         let file = File::open("/proc/self/exe").expect("exe");
@@ -364,12 +365,11 @@ mod tests {
             );
         }
         if cfg!(all(target_arch = "x86_64", target_env = "gnu")) {
-            assert!(stubs.iter().any(|(_, name)| name == "memcpy"), "{stubs:?}");
-            let (range, _) = stubs.iter().find(|(_, n)| n == "memcpy").unwrap();
-            assert_eq!(
-                name(range.start.wrapping_add(bias) + 3).as_deref(),
-                Some("memcpy@plt")
-            );
+            assert!(!stubs.is_empty(), "glibc's start-up files call through stubs");
+            for (range, stub) in &stubs {
+                let inside = range.start.wrapping_add(bias) + 3;
+                assert_eq!(name(inside), Some(format!("{stub}@plt")));
+            }
         }
     }
 

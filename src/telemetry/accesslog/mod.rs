@@ -21,7 +21,7 @@
 
 pub mod buffer;
 pub mod line;
-mod pagecache;
+pub mod pagecache;
 pub mod writer;
 
 use std::fs::{File, OpenOptions};

@@ -16,7 +16,7 @@ const STEP: u64 = 1 << 20;
 
 /// One writer's progress through its file, for [`Trim::after_write`].
 #[derive(Debug, Default)]
-pub(super) struct Trim {
+pub struct Trim {
     /// Bytes this writer appended since its last round.
     since: u64,
     /// The end of the file when the last round started its write-back: pages before it
@@ -31,7 +31,7 @@ impl Trim {
     /// (pages still dirty or under write-back are skipped by the kernel, and dropped by a
     /// later round). The file's end comes from its offset, which `O_APPEND` leaves at
     /// the end; other workers' appends to the same file are covered as well.
-    pub(super) fn after_write(&mut self, file: &File, bytes: usize) {
+    pub fn after_write(&mut self, file: &File, bytes: usize) {
         self.since += bytes as u64;
         if self.since < STEP {
             return;

@@ -6,11 +6,21 @@
 #
 #   scripts/idle-memory.sh [-n CONNECTIONS] [-r ROUNDS] [-s "leftpad nginx go-v2"] [-o DIR]
 #
+# A server may also be the path of a leftpad binary (another commit's build, to compare).
 # Output: DIR/idle-memory.txt (default DIR: bench-results/runs/<date>-<commit>-idle-memory).
 # Fails (exit 1) if a server did not hold every connection. Bounded: each round opens N
 # connections once and holds them 3 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Transparent huge pages off for every server (PR_SET_THP_DISABLE, 41, is inherited across
+# fork and exec): RSS then grows by 4 KiB pages, not 2 MiB ones, and one 2 MiB page more or
+# less is 140 B per connection at 15,000, as much as the differences measured.
+if [ -z "${IDLE_MEMORY_THP_OFF:-}" ]; then
+  IDLE_MEMORY_THP_OFF=1 exec python3 -c 'import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) != 0:
+    sys.exit("idle-memory.sh: prctl(PR_SET_THP_DISABLE) failed: errno %d" % ctypes.get_errno())
+os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
 source scripts/lib.sh
 
 conns=15000 rounds=3 servers="leftpad nginx go-v2" outdir=''
@@ -36,7 +46,7 @@ median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (
 {
   echo "idle-memory.sh -n $conns -r $rounds, commit $commit, $(date -u +%FT%TZ)"
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
-  echo "server on CPU $server_cpu (one worker), client on CPU $load_cpu; RSS = VmRSS of the server process"
+  echo "server on CPU $server_cpu (one worker), client on CPU $load_cpu; RSS = VmRSS of the server process; transparent huge pages off for the servers"
 } | tee "$out"
 
 failures=0
@@ -44,9 +54,14 @@ for round in $(seq "$rounds"); do
   for server in $servers; do
     addr="127.0.0.1:$(free_port)"
     args=()
-    [ "${server%%-musl}" = leftpad ] && args=(--access-log off --statsd off --max-connections 19000)
+    # leftpad, its musl build, or a leftpad binary given by path (another commit's).
+    case $server in
+      leftpad | leftpad-musl | */*) args=(--access-log off --statsd off --max-connections 19000) ;;
+    esac
     start_server "$server" "$addr" "$workdir" "${args[@]}"
     sleep 0.5
+    grep -q '^THP_enabled:[[:space:]]*0' "/proc/$server_pid/status" ||
+      { echo "idle-memory.sh: $server runs with transparent huge pages on" >&2; exit 1; }
     before=$(rss_kib)
     taskset -c "$load_cpu" python3 scripts/idle-client.py "${addr%:*}" "${addr##*:}" "$conns" \
       --hold 60 >"$workdir/client.txt" &

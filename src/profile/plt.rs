@@ -365,7 +365,10 @@ mod tests {
             );
         }
         if cfg!(all(target_arch = "x86_64", target_env = "gnu")) {
-            assert!(!stubs.is_empty(), "glibc's start-up files call through stubs");
+            assert!(
+                !stubs.is_empty(),
+                "glibc's start-up files call through stubs"
+            );
             for (range, stub) in &stubs {
                 let inside = range.start.wrapping_add(bias) + 3;
                 assert_eq!(name(inside), Some(format!("{stub}@plt")));

@@ -407,7 +407,7 @@ impl Session {
             .conns
             .borrow()
             .get(self.reg.key)
-            .map(|slot| slot.peer_text);
+            .map(|slot| slot.peer_text.clone());
         if let Some(peer) = peer {
             worker.record_unparsed(Status::REQUEST_TIMEOUT, &peer);
         }

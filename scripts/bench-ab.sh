@@ -46,7 +46,12 @@ for round in $(seq "$rounds"); do
     bin=$bin_base
     [ $side = new ] && bin=$bin_new
     taskset -c 1 "$bin" --bench ${filter:+"$filter"} 2>/dev/null |
-      awk -v side=$side '$2 == "time:" { v = $5; u = $6; if (u == "µs") v *= 1000; if (u == "ms") v *= 1e6; print side, $1, v }' >>"$raw"
+      awk -v side=$side '
+        # criterion puts a long name on a line of its own, and "time:" on the next.
+        $1 == "time:" { name = prev; v = $4; u = $5 }
+        $2 == "time:" { name = $1; v = $5; u = $6 }
+        $1 == "time:" || $2 == "time:" { if (u == "µs") v *= 1000; if (u == "ms") v *= 1e6; print side, name, v }
+        { prev = $1 }' >>"$raw"
   done
   echo "round $round/$rounds done" >&2
 done
@@ -60,9 +65,9 @@ runs = {}
 for line in open(sys.argv[1]):
     side, name, ns = line.split()
     runs.setdefault(name, {}).setdefault(side, []).append(float(ns))
-print(f"{'benchmark':<24}{'base ns':>10}{'new ns':>10}{'new/base':>10}")
+print(f"{'benchmark':<36}{'base ns':>10}{'new ns':>10}{'new/base':>10}")
 for name, sides in runs.items():
     b, n = statistics.median(sides.get("base", [0])), statistics.median(sides.get("new", [0]))
-    print(f"{name:<24}{b:>10.1f}{n:>10.1f}{n / b if b else 0:>10.3f}")
+    print(f"{name:<36}{b:>10.1f}{n:>10.1f}{n / b if b else 0:>10.3f}")
 PY
 } | if [ -n "$out" ]; then tee "$out"; else cat; fi

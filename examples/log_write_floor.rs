@@ -6,9 +6,10 @@
 //! new file in `--dir`, in 64 KiB writes as the log's writer thread makes them, and prints
 //! the CPU time this process spent (user + system, every thread) per 64 KiB and per line.
 //! As the writer does, it lets the written pages leave the page cache every MiB
-//! (`telemetry::accesslog::pagecache`); `--keep-cache` does not. `--uring` submits each write to io_uring instead of calling write(2), and names the
-//! kernel worker threads that appeared: io_uring runs a buffered write that cannot
-//! complete at once on one of them.
+//! (`telemetry::accesslog::pagecache`); `--keep-cache` does not. `--uring` submits each
+//! write to io_uring instead of calling write(2), and names the kernel worker threads
+//! that appeared: io_uring runs a buffered write that cannot complete at once on one of
+//! them.
 //!
 //! ```text
 //! taskset -c 0 cargo run --release --example log_write_floor -- --dir target --mib 512
@@ -162,8 +163,10 @@ fn write_with_uring(
         let write = opcode::Write::new(types::Fd(file.as_raw_fd()), buffer.as_ptr(), len)
             .offset(u64::MAX)
             .build();
-        // SAFETY: `buffer` outlives the operation: it is waited for below before the
-        // loop goes on, and the ring is dropped only after the last one completed.
+        // SAFETY: the kernel only reads `buffer`, which the caller keeps alive until
+        // this function returns, and each write is waited for before the next. A write
+        // left in flight by an error return may read it after that, which can put wrong
+        // bytes in the scratch file but never touches this process's memory.
         unsafe { ring.submission().push(&write) }.map_err(std::io::Error::other)?;
         ring.submit_and_wait(1)?;
         let done = ring
@@ -185,7 +188,7 @@ fn write_with_uring(
 
 /// User + system time of every thread of this process (kernel worker threads included).
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
+    // SAFETY: a rusage is plain integers, for which all zeros is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to a rusage, and RUSAGE_SELF is always a valid target.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {

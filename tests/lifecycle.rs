@@ -123,6 +123,32 @@ fn startup_summary_names_address_workers_and_driver() {
 }
 
 #[test]
+#[cfg_attr(
+    leftpad_emulated,
+    ignore = "qemu-user need not pass PR_SET_THP_DISABLE on to the kernel"
+)]
+fn the_server_runs_without_transparent_huge_pages() {
+    let server = Server::start(&["--workers", "2"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let thp = status.lines().find(|line| line.starts_with("THP_enabled:"));
+    assert_eq!(
+        thp.map(|line| line.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["THP_enabled:", "0"]),
+        "{status}"
+    );
+    // Off from before the first allocation: not one huge page was faulted in.
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", server.pid())).unwrap();
+    let huge = rollup
+        .lines()
+        .find(|line| line.starts_with("AnonHugePages:"));
+    assert_eq!(
+        huge.map(|line| line.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["AnonHugePages:", "0", "kB"]),
+        "{rollup}"
+    );
+}
+
+#[test]
 fn workers_share_the_port() {
     let server = Server::start(&["--workers", "2"]);
     for _ in 0..50 {

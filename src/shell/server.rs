@@ -196,6 +196,19 @@ impl Workers {
 }
 
 /// Starts one thread per listener, each with its log writer, counters and mailbox.
+/// Turns transparent huge pages off for the whole process (README.md, "Behaviour
+/// choices"). The binary calls it from a constructor, before anything is allocated:
+/// mimalloc asks for huge pages, and every 2 MiB page it gets is resident in full
+/// (ARCHITECTURE.md, "No transparent huge pages"). A kernel without the option (before
+/// 3.15) leaves them as they are.
+pub extern "C" fn refuse_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and sets a flag of this process; a
+    // system call, it allocates nothing and needs nothing initialised.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn start_workers(
     bound: &mut Bound,
     shared: &Arc<Shared>,

@@ -645,3 +645,11 @@ pub fn require_root(why: &str) {
         "this test needs root ({why}): run the tests as root (sudo scripts/test.sh), as CI does"
     );
 }
+
+/// A fresh, empty directory for this test process under the system's temp directory.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("leftpad-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

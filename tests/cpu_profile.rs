@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use common::coverage::{cpu_at, days_from_civil, poll_cpu, total_samples, window};
 use common::{
-    admin_get, assert_mappings, assert_symbols_match, binary_path, cpu_seconds, go_pprof, load,
-    load_with, Server,
+    admin_get, assert_mappings, assert_symbols_match, binary_path, go_pprof, load, load_with,
+    Server,
 };
 
 /// Under emulation (qemu-user in CI's aarch64 run, built with `--cfg leftpad_emulated`)
@@ -20,26 +20,6 @@ use common::{
 /// checks inside the tests that still run there are left out, and say so.
 fn emulated() -> bool {
     cfg!(leftpad_emulated)
-}
-
-/// `Total samples = 2.95s` (or `950ms`, `1.2mins`) from `go tool pprof -top`, in seconds.
-fn total_samples(top: &str) -> f64 {
-    let text = top
-        .split("Total samples = ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no total in:\n{top}"));
-    let number_end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let value: f64 = text[..number_end].parse().unwrap();
-    match &text[number_end..] {
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "s" => value,
-        "mins" => value * 60.0,
-        unit => panic!("unknown unit {unit} in {text}"),
-    }
 }
 
 /// The stacks of `go tool pprof -traces -lines`, each leaf first, one string per frame
@@ -122,99 +102,6 @@ fn profile_under_load(kernel: &str) -> (Vec<u8>, f64) {
     let (start, duration) = window(&response.body);
     let used = cpu_at(&polls, start + duration) - cpu_at(&polls, start);
     (response.body, used)
-}
-
-/// (unix time, CPU seconds of `pid`) now, every 10 ms until the flag is set, and once
-/// more after it: the flag is set once the profile is back, so the polls span its window
-/// even when the polling thread goes without a CPU for a while (a loaded machine).
-fn poll_cpu(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<(f64, f64)>>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let poll = move || {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        (now, precise_cpu_seconds(pid))
-    };
-    // The first poll before this returns, so before the profile is asked for.
-    let first = poll();
-    let poller = std::thread::spawn(move || {
-        let mut polls = vec![first];
-        while !flag.load(Ordering::Relaxed) && polls.len() < 100_000 {
-            polls.push(poll());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        polls.push(poll());
-        polls
-    });
-    (stop, poller)
-}
-
-/// CPU seconds of `pid` so far, to the nanosecond where the kernel keeps schedstats (the
-/// run time of each of its threads in /proc/PID/task/*/schedstat, what the scheduler
-/// charged them), else from /proc/PID/stat's 10 ms ticks. Threads that exited are not
-/// counted: the windows measured here are between two polls 10 ms apart.
-fn precise_cpu_seconds(pid: u32) -> f64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
-    let precise: Option<f64> = tasks.ok().and_then(|tasks| {
-        tasks
-            .map(|task| {
-                let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-                stat.split_whitespace().next()?.parse::<f64>().ok()
-            })
-            .sum::<Option<f64>>()
-    });
-    precise.map_or_else(|| cpu_seconds(pid), |ns| ns / 1e9)
-}
-
-/// CPU seconds at unix time `t`, interpolated between the polls around it.
-fn cpu_at(polls: &[(f64, f64)], t: f64) -> f64 {
-    let after = polls.partition_point(|&(time, _)| time < t);
-    assert!(after > 0 && after < polls.len(), "window outside the polls");
-    let ((t0, c0), (t1, c1)) = (polls[after - 1], polls[after]);
-    c0 + (c1 - c0) * (t - t0) / (t1 - t0).max(1e-9)
-}
-
-/// The profile's window: start (unix seconds) and length, from `go tool pprof -raw`
-/// (`Time: 2026-11-25 02:53:59.613068808 +0000 UTC`, `Duration: 3.00`).
-fn window(profile: &[u8]) -> (f64, f64) {
-    let raw = go_pprof(profile, &["-raw"]);
-    let field = |name: &str| {
-        raw.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in:\n{raw}"))
-            .trim()
-            .to_owned()
-    };
-    let time = field("Time:");
-    let mut parts = time.split_whitespace();
-    let date: Vec<i64> = parts
-        .next()
-        .unwrap()
-        .split('-')
-        .map(|p| p.parse().unwrap())
-        .collect();
-    let clock: Vec<f64> = parts
-        .next()
-        .unwrap()
-        .split(':')
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert!(time.contains("+0000"), "UTC expected: {time}");
-    let days = days_from_civil(date[0], date[1], date[2]) as f64;
-    let start = days * 86400.0 + clock[0] * 3600.0 + clock[1] * 60.0 + clock[2];
-    (start, field("Duration:").parse().unwrap())
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 /// Samples account for at least 90% of the CPU time the process used in the window
@@ -320,179 +207,6 @@ fn with_kernel_frames_the_profile_continues_below_the_system_call() {
     );
     let comments = go_pprof(&profile, &["-comments"]);
     assert!(comments.contains("kernel frames: yes"), "{comments}");
-}
-
-/// The CPUs this test process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is this thread; the size is that of the set passed.
-    let got =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    assert_eq!(got, 0, "sched_getaffinity");
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads the set within its size.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
-}
-
-/// Idle seconds of `cpus` so far, from their lines of /proc/stat (idle + iowait).
-fn idle_seconds(cpus: &[usize]) -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    cpus.iter()
-        .map(|cpu| {
-            let line = stat
-                .lines()
-                .find(|line| line.starts_with(&format!("cpu{cpu} ")))
-                .unwrap_or_else(|| panic!("no cpu{cpu} in /proc/stat"));
-            let fields: Vec<f64> = line
-                .split_whitespace()
-                .skip(1)
-                .map(|f| f.parse().unwrap())
-                .collect();
-            (fields[3] + fields[4]) / per_second
-        })
-        .sum()
-}
-
-/// Pins the calling thread, and the threads it starts from now on, to `cpus`.
-fn pin_to(cpus: &[usize]) {
-    // SAFETY: as in `allowed_cpus`; CPU_SET writes within the set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
-}
-
-/// A thread pinned to `cpu` that keeps it busy until the returned flag is set.
-fn spin_on(cpu: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        pin_to(&[cpu]);
-        while !flag.load(Ordering::Relaxed) {
-            std::hint::spin_loop();
-        }
-    });
-    (stop, thread)
-}
-
-/// Under full contention, both ways of sampling account for the process's CPU time: two
-/// workers, their log writers and StatsD, this test's load generators and a spinner per
-/// CPU all on the same two CPUs, neither of them idle (as in production, where no CPU idles beside the
-/// server). The server's CPU time over each profile's own window is measured here,
-/// independently, by polling its threads' run time every 10 ms; the profile's samples
-/// must cover at least 95% of it and at most 110% (the margin above: the polling's
-/// interpolation at both ends of a 3 s window, and /proc/PID/stat's 10 ms ticks where
-/// there are no schedstats; measured 99-100%). The profile's own comments say how
-/// samples were weighted and what was lost.
-#[test]
-#[cfg_attr(
-    leftpad_emulated,
-    ignore = "CPU-time accounting under qemu-user is not the kernel's"
-)]
-fn under_full_contention_samples_cover_the_cpu_time_in_both_modes() {
-    let cpus = allowed_cpus();
-    assert!(
-        cpus.len() >= 2,
-        "this test needs two CPUs, to make both busy: it may run on {cpus:?}"
-    );
-    let both = [cpus[0], cpus[1]];
-    let list = format!("{},{}", both[0], both[1]);
-    let log = std::env::temp_dir().join(format!("leftpad-contended-{}.log", std::process::id()));
-    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let statsd = statsd.local_addr().unwrap().to_string();
-    let server = Server::start_wrapped(
-        &["taskset", "-c", &list],
-        &[
-            "--workers",
-            "2",
-            "--access-log",
-            log.to_str().unwrap(),
-            "--log-buffer",
-            "4096",
-            "--statsd",
-            &statsd,
-        ],
-    );
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let modes: &[&str] = if root { &["on", "off"] } else { &["off"] };
-    let admin = server.admin.unwrap();
-    // The load generators run on the same two CPUs, one connection each per worker
-    // and more: enough to keep both CPUs busy with the server's threads.
-    let main_affinity = allowed_cpus();
-    pin_to(&both);
-    let loaders: Vec<_> = (0..4).map(|_| load(&server)).collect();
-    // The loaders alone leave the CPUs idle about a tenth of the time (each waits for
-    // its 16 answers before it writes again; measured 11%); a spinner on each CPU takes
-    // whatever else is left, so nothing idles whatever the machine.
-    let spinners: Vec<_> = both.iter().map(|&cpu| spin_on(cpu)).collect();
-    pin_to(&main_affinity);
-    std::thread::sleep(Duration::from_millis(500));
-    for kernel in modes {
-        let (stop_polling, poller) = poll_cpu(server.pid());
-        let idle_before = idle_seconds(&both);
-        let asked = std::time::Instant::now();
-        let response = admin_get(
-            admin,
-            &format!("/debug/pprof/profile?seconds=3&kernel={kernel}"),
-        );
-        let idle = idle_seconds(&both) - idle_before;
-        let elapsed = asked.elapsed().as_secs_f64();
-        stop_polling.store(true, Ordering::Relaxed);
-        let polls = poller.join().unwrap();
-        assert_eq!(response.status, 200, "{}", response.text());
-        let (start, duration) = window(&response.body);
-        let used = cpu_at(&polls, start + duration) - cpu_at(&polls, start);
-        let top = go_pprof(&response.body, &["-top", "-nodecount=5"]);
-        let sampled = total_samples(&top);
-        let comments = go_pprof(&response.body, &["-comments"]);
-        eprintln!(
-            "kernel={kernel}: server {used:.2} CPU-s in {duration:.2} s, the two CPUs idle \
-             {idle:.2} s of {elapsed:.2} s; sampled {sampled:.2} s ({:.1}%)\n{comments}",
-            100.0 * sampled / used
-        );
-        // Both CPUs busy (idle less than a tenth of the time: the server, its load and
-        // whatever else runs, such as the other tests of this file), and the server with
-        // enough CPU time for the shares to mean something (30 samples at least).
-        assert!(
-            idle < 0.1 * 2.0 * elapsed && used > 0.1 * duration,
-            "not contended: the CPUs idle {idle:.2} s of 2 x {elapsed:.2} s, the server \
-             used {used:.2} CPU-s in {duration:.2} s"
-        );
-        assert!(
-            sampled >= 0.95 * used && sampled <= 1.10 * used,
-            "kernel={kernel}: samples {sampled:.2} s for {used:.2} s of CPU time:\n{comments}"
-        );
-        assert!(
-            comments.contains("coverage: samples account for"),
-            "{comments}"
-        );
-        assert!(
-            comments.contains("weights: each sample stands for"),
-            "{comments}"
-        );
-    }
-    for (stop, spinner) in spinners {
-        stop.store(true, Ordering::Relaxed);
-        spinner.join().unwrap();
-    }
-    for (stop, loader) in loaders {
-        stop.store(true, Ordering::Relaxed);
-        assert!(loader.join().unwrap() > 1000);
-    }
-    drop(server);
-    let _ = std::fs::remove_file(&log);
 }
 
 /// What `-disasm` needs of a Rust function with Go 1.19's `go tool pprof`: its regexp
@@ -638,23 +352,6 @@ fn unprivileged_kernel_on_is_refused_and_auto_says_why() {
     assert!(!traces(&auto.body).iter().flatten().any(|f| is_kernel(f)));
 }
 
-#[test]
-fn civil_dates() {
-    assert_eq!(days_from_civil(1970, 1, 1), 0);
-    assert_eq!(days_from_civil(2000, 3, 1), 11017);
-    assert_eq!(days_from_civil(2026, 11, 25), 20782);
-}
-
-#[test]
-fn total_samples_units() {
-    assert_eq!(
-        total_samples("Duration: 3s, Total samples = 2.95s (98.3%)"),
-        2.95
-    );
-    assert_eq!(total_samples("Total samples = 950ms ( 31.6%)"), 0.95);
-    assert_eq!(total_samples("Total samples = 1.5mins (100%)"), 90.0);
-}
-
 /// (title, fill) of every frame of an inferno flame graph.
 fn flame_frames(svg: &str) -> Vec<(String, (u8, u8, u8))> {
     svg.split("<g>")
@@ -715,4 +412,21 @@ fn the_flame_graph_marks_kernel_frames() {
         ours.iter().all(|(_, (_, _, blue))| *blue >= 40),
         "Rust frames yellow: {ours:?}"
     );
+}
+
+#[test]
+fn civil_dates() {
+    assert_eq!(days_from_civil(1970, 1, 1), 0);
+    assert_eq!(days_from_civil(2000, 3, 1), 11017);
+    assert_eq!(days_from_civil(2026, 11, 25), 20782);
+}
+
+#[test]
+fn total_samples_units() {
+    assert_eq!(
+        total_samples("Duration: 3s, Total samples = 2.95s (98.3%)"),
+        2.95
+    );
+    assert_eq!(total_samples("Total samples = 950ms ( 31.6%)"), 0.95);
+    assert_eq!(total_samples("Total samples = 1.5mins (100%)"), 90.0);
 }

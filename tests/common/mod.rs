@@ -2,6 +2,8 @@
 //! over real sockets.
 #![allow(dead_code)]
 
+pub mod coverage;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};

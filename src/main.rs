@@ -8,8 +8,9 @@ static GLOBAL: leftpad::telemetry::allocator::CountingAllocator =
     leftpad::telemetry::allocator::CountingAllocator;
 
 /// No transparent huge pages, from before the first allocation: called from `main`,
-/// mimalloc's first arena had already faulted in three of them (6 MiB). Constructors of
-/// a lower priority run first: this one before mimalloc's (none) and std's (99).
+/// mimalloc's first arena had already faulted in three of them (6 MiB). Constructors run
+/// by priority, lowest first, and those without one after all others: this one (98) runs
+/// before std's (99) and mimalloc's (none).
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array.00098"]

@@ -195,7 +195,6 @@ impl Workers {
     }
 }
 
-/// Starts one thread per listener, each with its log writer, counters and mailbox.
 /// Turns transparent huge pages off for the whole process (README.md, "Behaviour
 /// choices"). The binary calls it from a constructor, before anything is allocated:
 /// mimalloc asks for huge pages, and every 2 MiB page it gets is resident in full
@@ -209,6 +208,7 @@ pub extern "C" fn refuse_huge_pages() {
     }
 }
 
+/// Starts one thread per listener, each with its log writer, counters and mailbox.
 fn start_workers(
     bound: &mut Bound,
     shared: &Arc<Shared>,

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use leftpad::telemetry::accesslog::line::{write_line, Line, LineTime};
 use leftpad::telemetry::accesslog::pagecache::Trim;
 
+/// Each write: as many whole lines as fit in 64 KiB, as the writer's buffers hold.
 const BUFFER: usize = 64 * 1024;
+/// At most 1 TiB written, so the count of writes fits the arithmetic below.
+const MAX_MIB: usize = 1 << 20;
 
 struct Args {
     dir: PathBuf,
@@ -67,9 +70,10 @@ fn main() {
     }
     let per_write = cpu / writes as u32;
     println!(
-        "{}: {writes} writes of 64 KiB ({lines_per_buffer} lines of {} bytes each) to {}, {}",
+        "{}: {writes} writes of {} bytes ({lines_per_buffer} lines of {} bytes each) to {}, {}",
         if args.uring { "io_uring" } else { "write(2)" },
-        BUFFER / lines_per_buffer,
+        buffer.len(),
+        buffer.len() / lines_per_buffer,
         args.dir.display(),
         if args.keep_cache {
             "pages kept in the cache"
@@ -78,7 +82,7 @@ fn main() {
         }
     );
     println!(
-        "cpu {:.1} us per 64 KiB, {:.1} ns per line; wall {:.1} us per 64 KiB; threads: {}",
+        "cpu {:.1} us per write, {:.1} ns per line; wall {:.1} us per write; threads: {}",
         per_write.as_secs_f64() * 1e6,
         per_write.as_secs_f64() * 1e9 / lines_per_buffer as f64,
         (wall / writes as u32).as_secs_f64() * 1e6,
@@ -102,8 +106,10 @@ fn parse_args() -> Result<Args, String> {
                 args.mib = value
                     .parse()
                     .ok()
-                    .filter(|&mib| mib > 0)
-                    .ok_or(format!("--mib {value}: use a whole number of MiB above 0"))?;
+                    .filter(|mib| (1..=MAX_MIB).contains(mib))
+                    .ok_or(format!(
+                        "--mib {value}: use a whole number of MiB, 1 to {MAX_MIB}"
+                    ))?;
             }
             "--uring" => args.uring = true,
             "--keep-cache" => args.keep_cache = true,
@@ -155,7 +161,8 @@ fn write_with_uring(
     keep_cache: bool,
 ) -> std::io::Result<()> {
     use io_uring::{opcode, types, IoUring};
-    let mut ring = IoUring::new(8)?;
+    let mut ring = IoUring::new(8)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot set up io_uring: {e}")))?;
     let mut trim = Trim::default();
     let len = u32::try_from(buffer.len()).expect("a 64 KiB buffer");
     for _ in 0..writes {

@@ -11,7 +11,6 @@
 # Fails (exit 1) if a server did not hold every connection. Bounded: each round opens N
 # connections once and holds them 3 s.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 # Transparent huge pages off for every server (PR_SET_THP_DISABLE, 41, is inherited across
 # fork and exec): RSS then grows by 4 KiB pages, not 2 MiB ones, and one 2 MiB page more or
 # less is 140 B per connection at 15,000, as much as the differences measured.
@@ -21,13 +20,14 @@ if ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) != 0:
     sys.exit("idle-memory.sh: prctl(PR_SET_THP_DISABLE) failed: errno %d" % ctypes.get_errno())
 os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
 fi
+cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 conns=15000 rounds=3 servers="leftpad nginx go-v2" outdir=''
 while getopts "n:r:s:o:" opt; do
   case $opt in
     n) conns=$OPTARG ;; r) rounds=$OPTARG ;; s) servers=$OPTARG ;; o) outdir=$OPTARG ;;
-    *) sed -n '2,11p' "$0"; exit 2 ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
   esac
 done
 # Client and server each need a descriptor per connection (the limit here is 20,000).

@@ -152,8 +152,8 @@ fn under_full_contention_samples_cover_the_cpu_time_in_both_modes() {
              {idle:.2} s of {elapsed:.2} s; sampled {sampled:.2} s ({:.1}%)\n{comments}",
             100.0 * sampled / used
         );
-        // Both CPUs busy (idle less than a tenth of the time: the server, its load and
-        // whatever else runs, such as the other tests of this file), and the server with
+        // Both CPUs busy (idle less than a tenth of the time: the server, its load, the
+        // spinners and whatever else runs, such as other test binaries), and the server with
         // enough CPU time for the shares to mean something (30 samples at least).
         assert!(
             idle < 0.1 * 2.0 * elapsed && used > 0.1 * duration,

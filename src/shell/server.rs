@@ -204,7 +204,10 @@ pub extern "C" fn refuse_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integers only and sets a flag of this process; a
     // system call, it allocates nothing and needs nothing initialised.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        // libc reads the four arguments as `unsigned long`, and the kernel refuses
+        // nonzero high bits.
+        let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused);
     }
 }
 

@@ -403,13 +403,9 @@ impl Session {
             "request head not received in time",
             b"",
         );
-        let peer = worker
-            .conns
-            .borrow()
-            .get(self.reg.key)
-            .map(|slot| slot.peer_text.clone());
-        if let Some(peer) = peer {
-            worker.record_unparsed(Status::REQUEST_TIMEOUT, &peer);
+        // The recorder never looks at the table, so the slot may stay borrowed.
+        if let Some(slot) = worker.conns.borrow().get(self.reg.key) {
+            worker.record_unparsed(Status::REQUEST_TIMEOUT, &slot.peer_text);
         }
         self.note(ConnState::Writing, Instant::now() + TIMEOUT_ANSWER_TIME);
     }

@@ -131,10 +131,11 @@ const PEER_TEXT_INLINE: usize = 22;
 
 /// A peer address as the access log writes it (`ip:port`), formatted once per connection.
 /// A text of up to 22 bytes (any IPv4 one, and short IPv6 ones such as `[::1]:8080`) is
-/// kept in place, a longer one on the heap (one allocation per connection): every slot
-/// pays for the text's size, and 24 bytes instead of 59 took the slot from 248 to 208
-/// bytes (ARCHITECTURE.md, "Idle connections: no buffer, then no task").
-#[derive(Clone)]
+/// kept in place, a longer one on the heap (one allocation per connection, at accept;
+/// on a dual-stack `[::]` listener an IPv4 peer is `[::ffff:a.b.c.d]:p`, up to 30 bytes,
+/// and takes that path too): every slot pays for the text's size, and 24 bytes instead
+/// of 59 took the slot from 248 to 208 bytes (ARCHITECTURE.md, "Idle connections: no
+/// buffer, then no task"). Not `Clone`: a copy of a long one would allocate.
 pub(super) enum PeerText {
     Inline {
         len: u8,

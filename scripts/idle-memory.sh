@@ -20,6 +20,7 @@ if ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) != 0:
     sys.exit("idle-memory.sh: prctl(PR_SET_THP_DISABLE) failed: errno %d" % ctypes.get_errno())
 os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
 fi
+script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
@@ -27,7 +28,7 @@ conns=15000 rounds=3 servers="leftpad nginx go-v2" outdir=''
 while getopts "n:r:s:o:" opt; do
   case $opt in
     n) conns=$OPTARG ;; r) rounds=$OPTARG ;; s) servers=$OPTARG ;; o) outdir=$OPTARG ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,12p' "$script"; exit 2 ;;
   esac
 done
 # Client and server each need a descriptor per connection (the limit here is 20,000).

@@ -33,6 +33,8 @@ mkdir -p "$work"
 export CARGO_TARGET_DIR=$PWD/$work/target
 build() { # commit -> path of its bench binary, copied out of the shared target directory
   local commit=$1 tree=$work/tree-$1
+  # A commit's binary is built once (from a clean tree at that commit) and kept.
+  [ -x "$work/hot_path-$commit" ] && { echo "$work/hot_path-$commit"; return; }
   [ -d "$tree" ] || git worktree add --detach --quiet "$tree" "$commit"
   # The trees share one target directory and cargo names their outputs alike, so a tree
   # built before could be taken as fresh with the other tree's binary: its sources are
@@ -42,7 +44,7 @@ build() { # commit -> path of its bench binary, copied out of the shared target 
   bin=$(cd "$tree" && cargo bench --bench hot_path --no-run 2>&1 |
     sed -n 's/.*Executable.*(\(.*hot_path-[0-9a-f]*\)).*/\1/p' | tail -1)
   [ -n "$bin" ] || { echo "bench-ab.sh: building $commit failed" >&2; exit 1; }
-  cp "$bin" "$work/hot_path-$commit"
+  cp "$bin" "$work/hot_path-$commit.part" && mv "$work/hot_path-$commit.part" "$work/hot_path-$commit"
   echo "$work/hot_path-$commit"
 }
 bin_base=$(build "$base")

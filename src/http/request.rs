@@ -235,30 +235,35 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
 }
 
 /// Whether the header name `name` is `lower` (a lower-case name of letters and `-`, as
-/// long as `name`), ignoring case, eight bytes at a time (measured against
-/// `eq_ignore_ascii_case`: `http/head` 73 to 69 ns for a three-header request).
+/// long as `name`), ignoring case, a word at a time: eight bytes, or four for a name
+/// shorter than eight such as `host` (measured against `eq_ignore_ascii_case`: `http/head`
+/// 73 to 69 ns for a three-header request).
 ///
 /// Setting the 0x20 bit of every byte is exact here: a byte that becomes a lower-case
 /// letter was that letter in either case, and one that becomes `-` (0x2d) was `-` or a
 /// carriage return (0x0d), which httparse never lets into a header name (a token).
 fn is_name(name: &[u8], lower: &[u8]) -> bool {
-    const CASE: u64 = 0x2020_2020_2020_2020;
     let len = name.len();
     if len != lower.len() {
         return false;
     }
-    if len < 8 {
-        return name.eq_ignore_ascii_case(lower);
-    }
-    let word = |bytes: &[u8], at: usize| {
-        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("an 8-byte chunk"))
-    };
     // Whole words, then one more ending at the last byte (overlapping the one before).
-    let last = len - 8;
-    (0..last)
-        .step_by(8)
-        .chain([last])
-        .all(|at| word(name, at) | CASE == word(lower, at))
+    let starts = |width: usize| (0..len - width).step_by(width).chain([len - width]);
+    match len {
+        0..4 => name.eq_ignore_ascii_case(lower),
+        4..8 => {
+            let word = |bytes: &[u8], at: usize| {
+                u32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte chunk"))
+            };
+            starts(4).all(|at| word(name, at) | 0x2020_2020 == word(lower, at))
+        }
+        _ => {
+            let word = |bytes: &[u8], at: usize| {
+                u64::from_le_bytes(bytes[at..at + 8].try_into().expect("an 8-byte chunk"))
+            };
+            starts(8).all(|at| word(name, at) | 0x2020_2020_2020_2020 == word(lower, at))
+        }
+    }
 }
 
 /// Splits a request-target into path and query; absolute-form loses scheme and authority.

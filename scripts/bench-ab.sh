@@ -9,9 +9,9 @@
 #
 # BASE and NEW are commits (NEW defaults to HEAD); FILTER is a criterion filter (a regex,
 # default: every benchmark). Each round of every benchmark takes ~3 s.
-# -i counts instructions instead (valgrind's callgrind, one run per side; this VM's noise
-# does not touch them): the instructions inside criterion's timing loops per call of
-# App::leftpad, i.e. per request for `-f '^request/whole$'` (needs valgrind).
+# -i counts instructions instead (valgrind's callgrind; this VM's noise does not touch
+# them): per call of App::leftpad, i.e. per request for `-f '^request/whole$'`, from two
+# runs per side whose difference leaves set-up out (needs valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -513,19 +513,28 @@ mod tests {
     }
 
     #[test]
-    fn delimiter_bits_mark_exactly_the_delimiters_at_every_position() {
+    fn delimiter_and_pair_end_bits_mark_exactly_their_bytes_at_every_position() {
         let is_delimiter = |b: u8| matches!(b, b'&' | b'=' | b'%' | b'+');
-        for b in 0..=255u8 {
-            for at in 0..8 {
-                // Neighbours that could borrow or carry into the byte.
-                for fill in [0u8, 0x01, b'%' - 1, 0x7f, 0x80, 0xff] {
-                    let mut word = [fill; 8];
-                    word[at] = b;
-                    let expected = (0..8).fold(0u64, |acc, i| {
-                        acc | (u64::from(is_delimiter(word[i])) << (8 * i + 7))
-                    });
-                    let bits = delimiter_bits(u64::from_le_bytes(word));
-                    assert_eq!(bits, expected, "byte {b:#x} at {at} among {fill:#x}");
+        let is_pair_end = |b: u8| matches!(b, b'&' | b'%' | b'+');
+        for (bits, marked) in [
+            (
+                delimiter_bits as fn(u64) -> u64,
+                &is_delimiter as &dyn Fn(u8) -> bool,
+            ),
+            (pair_end_bits, &is_pair_end),
+        ] {
+            for b in 0..=255u8 {
+                for at in 0..8 {
+                    // Neighbours that could borrow or carry into the byte.
+                    for fill in [0u8, 0x01, b'%' - 1, 0x7f, 0x80, 0xff] {
+                        let mut word = [fill; 8];
+                        word[at] = b;
+                        let expected = (0..8).fold(0u64, |acc, i| {
+                            acc | (u64::from(marked(word[i])) << (8 * i + 7))
+                        });
+                        let got = bits(u64::from_le_bytes(word));
+                        assert_eq!(got, expected, "byte {b:#x} at {at} among {fill:#x}");
+                    }
                 }
             }
         }

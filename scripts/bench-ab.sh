@@ -11,7 +11,7 @@
 # default: every benchmark). Each round of every benchmark takes ~3 s.
 # -i counts instructions instead (valgrind's callgrind; this VM's noise does not touch
 # them): per call of App::leftpad, i.e. per request for `-f '^request/whole$'`, from two
-# runs per side whose difference leaves set-up out (needs valgrind).
+# runs per side whose difference leaves set-up out (needs valgrind; -r does not apply).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +33,10 @@ mkdir -p "$work"
 export CARGO_TARGET_DIR=$PWD/$work/target
 build() { # commit -> path of its bench binary, copied out of the shared target directory
   local commit=$1 tree=$work/tree-$1
-  # A commit's binary is built once (from a clean tree at that commit) and kept.
-  [ -x "$work/hot_path-$commit" ] && { echo "$work/hot_path-$commit"; return; }
+  # A commit's binary is built once (from a clean tree at that commit, by this toolchain
+  # with these flags) and kept.
+  local kept=$work/hot_path-$commit-$toolchain
+  [ -x "$kept" ] && { echo "$kept"; return; }
   [ -d "$tree" ] || git worktree add --detach --quiet "$tree" "$commit"
   # The trees share one target directory and cargo names their outputs alike, so a tree
   # built before could be taken as fresh with the other tree's binary: its sources are
@@ -44,14 +46,15 @@ build() { # commit -> path of its bench binary, copied out of the shared target 
   bin=$(cd "$tree" && cargo bench --bench hot_path --no-run 2>&1 |
     sed -n 's/.*Executable.*(\(.*hot_path-[0-9a-f]*\)).*/\1/p' | tail -1)
   [ -n "$bin" ] || { echo "bench-ab.sh: building $commit failed" >&2; exit 1; }
-  cp "$bin" "$work/hot_path-$commit.part" && mv "$work/hot_path-$commit.part" "$work/hot_path-$commit"
-  echo "$work/hot_path-$commit"
+  cp "$bin" "$kept.part" && mv "$kept.part" "$kept"
+  echo "$kept"
 }
+toolchain=$( (rustc -vV; echo "${RUSTFLAGS:-}") | md5sum | cut -c1-8)
 bin_base=$(build "$base")
 bin_new=$(build "$new")
 
 raw=$(mktemp)
-trap 'rm -f "$raw" "$raw".cg1 "$raw".cg3' EXIT
+trap 'rm -f "$raw" "$raw".cg1 "$raw".cg3 "$raw".log' EXIT
 if [ -n "$instructions" ]; then
   # Two runs per side, of 1 s and 3 s: the difference of their instruction totals over
   # the difference of their App::leftpad calls (one per request) leaves set-up out.
@@ -60,7 +63,8 @@ if [ -n "$instructions" ]; then
     [ $side = new ] && bin=$bin_new
     for seconds in 1 3; do
       taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$raw.cg$seconds" \
-        "$bin" --bench --profile-time $seconds ${filter:+"$filter"} >/dev/null 2>&1
+        "$bin" --bench --profile-time $seconds ${filter:+"$filter"} >"$raw.log" 2>&1 ||
+        { tail -20 "$raw.log" >&2; echo "bench-ab.sh: callgrind of $side failed" >&2; exit 1; }
     done
     python3 - "$raw.cg1" "$raw.cg3" $side >>"$raw" <<'PY'
 import re, sys
@@ -86,7 +90,10 @@ def count(path):
             calls = None
     return total, requests
 (ir1, n1), (ir3, n3) = count(sys.argv[1]), count(sys.argv[2])
-print(sys.argv[3], "instructions/request", (ir3 - ir1) / (n3 - n1) if n3 > n1 else 0)
+if n3 <= n1:
+    sys.exit("bench-ab.sh: no calls of App::leftpad counted: -i needs a filter that "
+             "answers requests, such as '^request/whole$'")
+print(sys.argv[3], "instructions/request", (ir3 - ir1) / (n3 - n1))
 PY
     echo "$side counted" >&2
   done

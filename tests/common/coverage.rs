@@ -93,22 +93,23 @@ pub fn window(profile: &[u8]) -> (f64, f64) {
     };
     let time = field("Time:");
     let mut parts = time.split_whitespace();
-    let date: Vec<i64> = parts
-        .next()
-        .unwrap()
-        .split('-')
-        .map(|p| p.parse().unwrap())
-        .collect();
-    let clock: Vec<f64> = parts
-        .next()
-        .unwrap()
-        .split(':')
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let date: Vec<i64> = numbers(parts.next(), '-');
+    let clock: Vec<f64> = numbers(parts.next(), ':');
     assert!(time.contains("+0000"), "UTC expected: {time}");
     let days = days_from_civil(date[0], date[1], date[2]) as f64;
     let start = days * 86400.0 + clock[0] * 3600.0 + clock[1] * 60.0 + clock[2];
     (start, field("Duration:").parse().unwrap())
+}
+
+/// The numbers of `part` (such as `2026-12-02` or `10:41:07.5`) split at `separator`.
+fn numbers<T: std::str::FromStr>(part: Option<&str>, separator: char) -> Vec<T> {
+    let part = part.expect("a date and a time in pprof's Time:");
+    part.split(separator)
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("not a number in {part:?}"))
+        })
+        .collect()
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).

@@ -7,7 +7,7 @@ use std::thread::Thread;
 use crate::profile::block;
 use crate::telemetry::counters::{Scalar, WorkerCounters};
 
-use super::line::{write_line, Line, LineTime};
+use super::line::{longest, write_line, Line, LineTime};
 
 /// What the worker sends its writer.
 pub(super) enum Message {
@@ -121,8 +121,7 @@ impl AccessLog {
     /// to a hard cap; past that the line is dropped and counted: memory stays bounded
     /// even if the disk or pipe never drains.
     pub fn append(&mut self, time: &mut LineTime, unix_ms: u64, line: &Line<'_>) {
-        // Escaping at most quadruples a field; the fixed parts and numbers fit in 96 bytes.
-        let longest = 96 + line.peer.len() + 4 * (line.target.len() + line.user_agent.len());
+        let longest = longest(line);
         if self.buf.len() + longest > self.buf.capacity()
             && self.buf.len() + longest > self.hard_cap
         {

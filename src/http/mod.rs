@@ -2,10 +2,12 @@
 //!
 //! [`conn::Conn`] is the per-connection state machine (framing, keep-alive, pipelining,
 //! limits); [`request`] parses and checks one head; [`response`] writes one answer;
-//! [`date`] caches the `Date` header; [`words`] scans bytes eight at a time. Nothing here touches a socket or reads a clock:
-//! the worker owns those and hands this module bytes and the current date.
+//! [`date`] caches the `Date` header; [`words`] scans bytes eight at a time; [`cursor`]
+//! writes a head or a line into room reserved once. Nothing here touches a socket or
+//! reads a clock: the worker owns those and hands this module bytes and the current date.
 
 pub mod conn;
+pub mod cursor;
 pub mod date;
 pub mod json;
 pub mod request;

@@ -3,6 +3,7 @@
 //! The body length is always known before the head is written, so every response carries
 //! an exact `Content-Length` and nothing is ever buffered twice.
 
+use crate::http::cursor::{Cursor, NUMBER_MOST};
 use crate::http::json::EscapedStr;
 
 use super::Status;
@@ -27,6 +28,16 @@ pub struct Response<'a> {
     connection: Connection,
     status: Status,
 }
+
+/// The head's bytes besides the status line, the content type and the extra headers.
+const HEAD_MOST: usize = b"HTTP/1.1 ".len()
+    + b"\r\nServer: leftpad\r\nDate: ".len()
+    + 29
+    + b"\r\nContent-Type: ".len()
+    + b"\r\nContent-Length: ".len()
+    + NUMBER_MOST
+    + b"\r\nConnection: keep-alive\r\n".len()
+    + b"\r\n".len();
 
 pub const JSON: &str = "application/json; charset=utf-8";
 pub const TEXT: &str = "text/plain; charset=utf-8";
@@ -65,25 +76,28 @@ impl<'a> Response<'a> {
     ) {
         self.status = status;
         let out = &mut *self.out;
-        // One capacity check for the whole response (the head is under 200 bytes plus
-        // the variable parts); the appends below then never reallocate.
+        // One capacity check for the whole response; the head is then written through a
+        // cursor (one more check) and the body's appends never reallocate.
         let body = if self.head_only { 0 } else { body_len };
-        out.reserve(200 + content_type.len() + extra_headers.len() + body);
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.line());
-        out.extend_from_slice(b"\r\nServer: leftpad\r\nDate: ");
-        out.extend_from_slice(self.date);
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
-        out.extend_from_slice(match self.connection {
-            Connection::Default => b"\r\n",
-            Connection::KeepAlive => b"\r\nConnection: keep-alive\r\n",
-            Connection::Close => b"\r\nConnection: close\r\n",
+        let head_most = HEAD_MOST + status.line().len() + content_type.len() + extra_headers.len();
+        out.reserve(head_most + body);
+        Cursor::append(out, head_most, |out| {
+            out.put(b"HTTP/1.1 ");
+            out.put(status.line());
+            out.put(b"\r\nServer: leftpad\r\nDate: ");
+            out.put(self.date);
+            out.put(b"\r\nContent-Type: ");
+            out.put(content_type.as_bytes());
+            out.put(b"\r\nContent-Length: ");
+            out.number(body_len as u64);
+            out.put(match self.connection {
+                Connection::Default => b"\r\n",
+                Connection::KeepAlive => b"\r\nConnection: keep-alive\r\n",
+                Connection::Close => b"\r\nConnection: close\r\n",
+            });
+            out.put(extra_headers);
+            out.put(b"\r\n");
         });
-        out.extend_from_slice(extra_headers);
-        out.extend_from_slice(b"\r\n");
         if !self.head_only {
             let start = out.len();
             write_body(out);
@@ -152,5 +166,24 @@ mod tests {
         assert!(text.contains("Connection: keep-alive\r\nAllow: GET, HEAD\r\n\r\n"));
         assert!(text.ends_with("\r\n\r\n{\"error\":\"say \\\"hi\\\"\"}\n"));
         assert!(text.contains("Content-Length: 23\r\n"));
+    }
+
+    #[test]
+    fn the_longest_head_fits_the_room_reserved_for_it() {
+        let text = written(true, Connection::KeepAlive, |r| {
+            r.send(
+                Status::HEADERS_TOO_LARGE,
+                TEXT,
+                b"Allow: GET, HEAD\r\nRetry-After: 1\r\n",
+                usize::MAX,
+                |_| unreachable!("a HEAD answer has no body"),
+            )
+        });
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(text.contains(&format!(
+            "\r\nContent-Length: {}\r\nConnection: keep-alive\r\n",
+            usize::MAX
+        )));
+        assert!(text.ends_with("Retry-After: 1\r\n\r\n"));
     }
 }

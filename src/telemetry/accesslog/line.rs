@@ -1,7 +1,7 @@
 //! One access-log line, formatted: pure, allocation-free, escaping every byte that could
 //! break or forge a line.
 
-use super::cursor::{Cursor, NUMBER_MOST};
+use crate::http::cursor::{Cursor, NUMBER_MOST};
 
 /// The `YYYY-MM-DDTHH:MM:SS.` part of the time, formatted once a second.
 pub struct LineTime {

@@ -20,7 +20,6 @@
 //! stall a worker's other connections.
 
 pub mod buffer;
-mod cursor;
 pub mod line;
 pub mod pagecache;
 pub mod writer;

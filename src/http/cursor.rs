@@ -11,6 +11,16 @@ use std::mem::MaybeUninit;
 /// Writes forward into room reserved at the end of a `Vec`. Every byte below `at` has
 /// been written: each method writes all of the bytes it then moves `at` past, so
 /// [`Cursor::append`] can hand exactly those to the `Vec`.
+///
+/// A cursor exists only inside the closure of its `append`, under a lifetime that
+/// closure alone knows, so it cannot be swapped for another `Vec`'s cursor, whose bytes
+/// the first `Vec` would then take as its own:
+///
+/// ```compile_fail,E0521
+/// use leftpad::http::cursor::Cursor;
+/// let (mut a, mut b) = (Vec::new(), Vec::new());
+/// Cursor::append(&mut a, 1, |a| Cursor::append(&mut b, 100, |b| std::mem::swap(a, b)));
+/// ```
 pub struct Cursor<'a> {
     room: &'a mut [MaybeUninit<u8>],
     at: usize,
@@ -30,8 +40,9 @@ impl Cursor<'_> {
         write(&mut cursor);
         let written = cursor.at;
         // SAFETY: `written <= most`, which `reserve` made room for, and the cursor wrote
-        // every byte below `written` (its invariant), so the `Vec`'s first `len +
-        // written` bytes are initialized.
+        // every byte below `written` (its invariant; it is still this `Vec`'s cursor, as
+        // the type's documentation shows), so the `Vec`'s first `len + written` bytes
+        // are initialized.
         unsafe { out.set_len(len + written) };
     }
 

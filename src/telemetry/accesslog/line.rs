@@ -149,23 +149,6 @@ fn write_escaped(out: &mut Cursor<'_>, field: &[u8]) {
     }
 }
 
-/// Whether no byte of `bytes` needs escaping: the usual field, copied whole. Eight bytes
-/// at a time, the last word overlapping the one before instead of a byte-at-a-time tail
-/// (measured: `accesslog/line` 27.8 to 24.8 ns).
-fn is_clean(bytes: &[u8]) -> bool {
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let Some(last) = bytes.len().checked_sub(8) else {
-        return !bytes.iter().any(|&b| needs_escape(b));
-    };
-    let mut dirty = needs_escape_bits(word(last));
-    let mut at = 0;
-    while at < last {
-        dirty |= needs_escape_bits(word(at));
-        at += 8;
-    }
-    dirty == 0
-}
-
 fn needs_escape(b: u8) -> bool {
     !(b' '..=b'~').contains(&b) || b == b'\\'
 }
@@ -182,6 +165,23 @@ fn needs_escape_bits(word: u64) -> u64 {
     let not_backslash = word ^ (ONES * u64::from(b'\\'));
     let backslash = not_backslash.wrapping_sub(ONES) & !not_backslash;
     (control | high | backslash) & HIGH_BITS
+}
+
+/// Whether no byte of `bytes` needs escaping: the usual field, copied whole. Eight bytes
+/// at a time, the last word overlapping the one before instead of a byte-at-a-time tail
+/// (measured: `accesslog/line` 27.8 to 24.8 ns).
+fn is_clean(bytes: &[u8]) -> bool {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let Some(last) = bytes.len().checked_sub(8) else {
+        return !bytes.iter().any(|&b| needs_escape(b));
+    };
+    let mut dirty = needs_escape_bits(word(last));
+    let mut at = 0;
+    while at < last {
+        dirty |= needs_escape_bits(word(at));
+        at += 8;
+    }
+    dirty == 0
 }
 
 /// How many bytes at the front of `bytes` need no escaping. Looks at eight bytes at a

@@ -263,8 +263,13 @@ fn symbol_lookup_speaks_gos_protocol() {
         .next()
         .unwrap_or_else(|| panic!("no symbol in {text:?}"));
     assert!(line.starts_with(&format!("0x{address} ")), "{line}");
+    // The symbol protocol names the innermost function at the address, as Go's does. The
+    // heap profile hides allocation machinery inlined there (`Box::new` in the caller that
+    // allocates), so its location can start at the caller: then the lookup names the
+    // hidden function (a CI run met `alloc::boxed::Box<T>::new` for `connect_statsd`).
+    let named = line.split_whitespace().nth(1).unwrap_or_default();
     assert!(
-        line.contains("leftpad::") || line.contains(&function),
+        named.starts_with("leftpad::") || named == function || is_allocation_machinery(named),
         "{line} for {function}"
     );
     assert_eq!(lines.next(), None, "unknown addresses are left out: {text}");

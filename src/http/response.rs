@@ -32,7 +32,7 @@ pub struct Response<'a> {
 /// The head's bytes besides the status line, the content type and the extra headers.
 const HEAD_MOST: usize = b"HTTP/1.1 ".len()
     + b"\r\nServer: leftpad\r\nDate: ".len()
-    + 29
+    + 29 // the `Date` value, always 29 bytes
     + b"\r\nContent-Type: ".len()
     + b"\r\nContent-Length: ".len()
     + NUMBER_MOST

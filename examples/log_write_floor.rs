@@ -9,7 +9,14 @@
 //! (`telemetry::accesslog::pagecache`); `--keep-cache` does not. `--uring` submits each
 //! write to io_uring instead of calling write(2), and names the kernel worker threads
 //! that appeared: io_uring runs a buffered write that cannot complete at once on one of
-//! them.
+//! them. `--direct` opens the file with `O_DIRECT`, past the page cache: each write is
+//! then whole 4 KiB blocks from an aligned buffer (its last line cut at the block's end),
+//! which whole-line appends from several writers cannot be (ARCHITECTURE.md, "Access-log
+//! writes: a writer thread per worker"). `--write-kib` sets the size of each write.
+//!
+//! Besides this process's CPU time it prints the whole machine's busy time over the run
+//! (`/proc/stat`), which also counts the kernel's own threads (write-back, completions);
+//! run it on an otherwise idle machine.
 //!
 //! ```text
 //! taskset -c 0 cargo run --release --example log_write_floor -- --dir target --mib 512
@@ -18,14 +25,19 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use leftpad::telemetry::accesslog::line::{write_line, Line, LineTime};
 use leftpad::telemetry::accesslog::pagecache::Trim;
 
-/// Each write: as many whole lines as fit in 64 KiB, as the writer's buffers hold.
-const BUFFER: usize = 64 * 1024;
+/// Each write, by default: as many whole lines as fit in 64 KiB, as the writer's buffers
+/// hold.
+const WRITE_KIB: usize = 64;
+/// The block `O_DIRECT` writes are made of: their memory, length and file offset are
+/// multiples of it.
+const BLOCK: usize = 4096;
 /// At most 1 TiB written, so the count of writes fits the arithmetic below.
 const MAX_MIB: usize = 1 << 20;
 
@@ -34,6 +46,8 @@ struct Args {
     mib: usize,
     uring: bool,
     keep_cache: bool,
+    direct: bool,
+    write_kib: usize,
 }
 
 fn main() {
@@ -41,27 +55,36 @@ fn main() {
         Ok(args) => args,
         Err(message) => {
             eprintln!("log_write_floor: {message}");
-            eprintln!("usage: log_write_floor [--dir DIR] [--mib MIB] [--uring] [--keep-cache]");
+            eprintln!(
+                "usage: log_write_floor [--dir DIR] [--mib MIB] [--write-kib KIB] [--uring] [--keep-cache] [--direct]"
+            );
             std::process::exit(2);
         }
     };
-    let (buffer, lines_per_buffer) = log_buffer();
+    let mut storage = Vec::new();
+    let (buffer, lines_per_buffer) = log_buffer(&mut storage, args.write_kib * 1024, args.direct);
     let path = args
         .dir
         .join(format!("log-write-floor-{}.log", std::process::id()));
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
+    let mut options = OpenOptions::new();
+    options.create_new(true).append(true);
+    if args.direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options
         .open(&path)
         .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", path.display())));
-    let writes = args.mib * 1024 * 1024 / BUFFER;
-    let (cpu_before, wall) = (cpu_time(), Instant::now());
+    let writes = (args.mib * 1024 / args.write_kib).max(1);
+    let (cpu_before, busy_before, wall) = (cpu_time(), machine_busy(), Instant::now());
+    // Past the page cache there are no pages to let go.
+    let keep_cache = args.keep_cache || args.direct;
     let result = if args.uring {
-        write_with_uring(&file, &buffer, writes, args.keep_cache)
+        write_with_uring(&file, buffer, writes, keep_cache)
     } else {
-        write_with_syscalls(&file, &buffer, writes, args.keep_cache)
+        write_with_syscalls(&file, buffer, writes, keep_cache)
     };
     let (cpu, wall) = (cpu_time() - cpu_before, wall.elapsed());
+    let busy = machine_busy().saturating_sub(busy_before);
     let threads = thread_names();
     drop(file);
     let _ = fs::remove_file(&path);
@@ -69,22 +92,32 @@ fn main() {
         fail(&format!("write to {} failed: {e}", path.display()));
     }
     let per_write = cpu / writes as u32;
+    // Lines' worth of bytes (an `O_DIRECT` write also holds the start of a cut line).
+    let lines = (writes * buffer.len()) as f64 / LINE.len() as f64;
     println!(
         "{}: {writes} writes of {} bytes ({lines_per_buffer} lines of {} bytes each) to {}, {}",
-        if args.uring { "io_uring" } else { "write(2)" },
+        match (args.uring, args.direct) {
+            (true, true) => "io_uring, O_DIRECT",
+            (true, false) => "io_uring",
+            (false, true) => "write(2), O_DIRECT",
+            (false, false) => "write(2)",
+        },
         buffer.len(),
-        buffer.len() / lines_per_buffer,
+        LINE.len(),
         args.dir.display(),
-        if args.keep_cache {
+        if args.direct {
+            "past the page cache"
+        } else if args.keep_cache {
             "pages kept in the cache"
         } else {
             "pages let go every MiB"
         }
     );
     println!(
-        "cpu {:.1} us per write, {:.1} ns per line; wall {:.1} us per write; threads: {}",
+        "cpu {:.1} us per write, {:.1} ns per line; machine busy {:.1} ns per line; wall {:.1} us per write; threads: {}",
         per_write.as_secs_f64() * 1e6,
-        per_write.as_secs_f64() * 1e9 / lines_per_buffer as f64,
+        cpu.as_secs_f64() * 1e9 / lines,
+        busy.as_secs_f64() * 1e9 / lines,
         (wall / writes as u32).as_secs_f64() * 1e6,
         threads.join(" ")
     );
@@ -96,6 +129,8 @@ fn parse_args() -> Result<Args, String> {
         mib: 256,
         uring: false,
         keep_cache: false,
+        direct: false,
+        write_kib: WRITE_KIB,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
@@ -111,7 +146,18 @@ fn parse_args() -> Result<Args, String> {
                         "--mib {value}: use a whole number of MiB, 1 to {MAX_MIB}"
                     ))?;
             }
+            "--write-kib" => {
+                let value = argv.next().ok_or("--write-kib needs a number of KiB")?;
+                args.write_kib = value
+                    .parse()
+                    .ok()
+                    .filter(|kib| (4..=64 * 1024).contains(kib) && kib % 4 == 0)
+                    .ok_or(format!(
+                        "--write-kib {value}: use a multiple of 4 KiB, 4 to 65536"
+                    ))?;
+            }
             "--uring" => args.uring = true,
+            "--direct" => args.direct = true,
             "--keep-cache" => args.keep_cache = true,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -119,8 +165,8 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// A 64 KiB buffer of whole lines as the benchmark's requests make them, and their count.
-fn log_buffer() -> (Vec<u8>, usize) {
+/// The line the benchmark's requests make, formatted by the server's `write_line`.
+static LINE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
     let line = Line {
         target: b"/v1/leftpad/?str=test&len=50&chr=*",
         peer: b"127.0.0.1:54321",
@@ -128,12 +174,28 @@ fn log_buffer() -> (Vec<u8>, usize) {
         status: 200,
         micros: 3,
     };
-    let (mut buffer, mut time, mut lines) = (Vec::with_capacity(BUFFER), LineTime::default(), 0);
     let mut one = Vec::new();
-    write_line(&mut one, &mut time, 1_795_961_531_123, &line);
-    while buffer.len() + one.len() <= BUFFER {
-        buffer.extend_from_slice(&one);
-        lines += 1;
+    write_line(&mut one, &mut LineTime::default(), 1_795_961_531_123, &line);
+    one
+});
+
+/// One write's bytes, in `storage`, and the lines they count for: as many whole lines as
+/// fit in `size` bytes, as the writer's buffers hold; for `O_DIRECT`, exactly `size`
+/// bytes starting at a block boundary of memory, the last line cut where the write ends.
+fn log_buffer(storage: &mut Vec<u8>, size: usize, direct: bool) -> (&[u8], usize) {
+    let line = &LINE[..];
+    let lines = size / line.len();
+    storage.clear();
+    storage.resize(size + BLOCK, 0);
+    let start = if direct {
+        storage.as_ptr().align_offset(BLOCK)
+    } else {
+        0
+    };
+    let len = if direct { size } else { lines * line.len() };
+    let buffer = &mut storage[start..start + len];
+    for (at, byte) in buffer.iter_mut().enumerate() {
+        *byte = line[at % line.len()];
     }
     (buffer, lines)
 }
@@ -164,7 +226,7 @@ fn write_with_uring(
     let mut ring = IoUring::new(8)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot set up io_uring: {e}")))?;
     let mut trim = Trim::default();
-    let len = u32::try_from(buffer.len()).expect("a 64 KiB buffer");
+    let len = u32::try_from(buffer.len()).expect("a write of at most 64 MiB");
     for _ in 0..writes {
         // Offset -1: at the file's end, as an O_APPEND write(2).
         let write = opcode::Write::new(types::Fd(file.as_raw_fd()), buffer.as_ptr(), len)
@@ -191,6 +253,27 @@ fn write_with_uring(
         }
     }
     Ok(())
+}
+
+/// The whole machine's busy time so far (every CPU's user, nice, system, irq and softirq
+/// time in `/proc/stat`): with nothing else running, this process and the kernel threads
+/// working for it.
+fn machine_busy() -> Duration {
+    let stat =
+        fs::read_to_string("/proc/stat").unwrap_or_else(|e| fail(&format!("/proc/stat: {e}")));
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    // SAFETY: sysconf takes no memory; _SC_CLK_TCK is always valid.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs(busy / per_second)
+        + Duration::from_nanos(busy % per_second * 1_000_000_000 / per_second)
 }
 
 /// User + system time of every thread of this process (kernel worker threads included).

@@ -21,6 +21,7 @@ use leftpad::http::json;
 use leftpad::http::request::{self, Limits};
 use leftpad::http::response::{Connection, Response, JSON};
 use leftpad::http::Status;
+use leftpad::shell::config::DEFAULT_LOG_BUFFER;
 use leftpad::telemetry::accesslog::line::write_line;
 use leftpad::telemetry::accesslog::{Line, LineTime, Target, Writer};
 use leftpad::telemetry::counters::WorkerCounters;
@@ -195,7 +196,7 @@ fn pure_functions(c: &mut Criterion) {
 }
 
 /// A worker's recorder with the access log (to a real writer thread writing to
-/// /dev/null) and StatsD (sampled at 0.5, aggregated, datagrams dropped) each on or off;
+/// /dev/null, in batches of the server's default `--log-buffer`) and StatsD (sampled at 0.5, aggregated, datagrams dropped) each on or off;
 /// the writer is returned so that it lives as long as the recorder.
 fn recorder(log: bool, statsd: bool) -> (Recorder, Option<Writer>) {
     let (log, writer) = log
@@ -204,7 +205,8 @@ fn recorder(log: bool, statsd: bool) -> (Recorder, Option<Writer>) {
             let file = target.open().unwrap();
             let counters = WorkerCounters::leak();
             let warned = Arc::new(AtomicBool::new(false));
-            Writer::start(target, file, 64 * 1024, None, counters, warned).unwrap()
+            let threshold = DEFAULT_LOG_BUFFER as usize;
+            Writer::start(target, file, threshold, None, counters, warned).unwrap()
         })
         .unzip();
     let settings = Settings {

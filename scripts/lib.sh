@@ -1,5 +1,6 @@
 # Shared by the load scripts: start one server pinned to a CPU on loopback, wait until it
-# answers, stop it by PID. Source it; it defines start_server and stop_server.
+# answers, stop it by PID. Source it; it defines start_server and stop_server, and
+# start_statsd_sink and stop_statsd_sink for a StatsD stand-in.
 #
 #   start_server NAME ADDR WORKDIR [EXTRA ARGS...]
 #     NAME: leftpad, leftpad-musl, floor, nginx, go-v2, or the path of a leftpad binary
@@ -88,4 +89,22 @@ commit_id() {
   id=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   [ -n "$(git status --porcelain -- . ':!bench-results' 2>/dev/null)" ] && id="$id-dirty"
   echo "$id"
+}
+
+# A StatsD stand-in that listens (so sends are not refused) and never reads: sets
+# $sink_port and $sink_pid; stop_statsd_sink ends it.
+start_statsd_sink() {
+  sink_port=$(free_port)
+  python3 -c "import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+time.sleep(86400)" "$sink_port" &
+  sink_pid=$!
+}
+
+stop_statsd_sink() {
+  if [ -n "${sink_pid:-}" ]; then
+    kill "$sink_pid" 2>/dev/null || true
+    sink_pid=''
+  fi
 }

@@ -25,12 +25,8 @@ mkdir -p "$outdir"
 cargo build --release --quiet --bin leftpad
 
 scratch=$(mktemp -d)
-sink_pid=''
-trap '[ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null; rm -rf "$scratch"' EXIT
-# A StatsD stand-in that listens (so sends are not refused) and never reads.
-sink_port=$(free_port)
-python3 -c "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', $sink_port)); time.sleep(86400)" &
-sink_pid=$!
+trap 'stop_statsd_sink; rm -rf "$scratch"' EXIT
+start_statsd_sink
 
 {
   echo "# trace-cost.sh $(date -u +%FT%TZ), commit $commit"

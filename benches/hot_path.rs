@@ -196,8 +196,9 @@ fn pure_functions(c: &mut Criterion) {
 }
 
 /// A worker's recorder with the access log (to a real writer thread writing to
-/// /dev/null, in batches of the server's default `--log-buffer`) and StatsD (sampled at 0.5, aggregated, datagrams dropped) each on or off;
-/// the writer is returned so that it lives as long as the recorder.
+/// /dev/null, in batches of the server's default `--log-buffer`) and StatsD (sampled at
+/// 0.5, aggregated, datagrams dropped) each on or off; the writer is returned so that it
+/// lives as long as the recorder.
 fn recorder(log: bool, statsd: bool) -> (Recorder, Option<Writer>) {
     let (log, writer) = log
         .then(|| {

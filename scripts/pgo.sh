@@ -29,6 +29,7 @@ profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
 if [ ! -x "$profdata" ]; then
   echo "pgo.sh: adding the toolchain's llvm-tools (llvm-profdata)" >&2
   rustup component add llvm-tools
+  [ -x "$profdata" ] || { echo "pgo.sh: no llvm-profdata at $profdata after adding llvm-tools" >&2; exit 1; }
 fi
 
 pgo=$PWD/target/pgo

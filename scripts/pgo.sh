@@ -2,20 +2,28 @@
 # A profile-guided build of the server: an instrumented build answers a training load, and
 # the server is built again with the profile it wrote.
 #
-#   scripts/pgo.sh [--bench [CRITERION ARGS...]]
+#   scripts/pgo.sh [--target-cpu CPU] [--bench [CRITERION ARGS...]]
 #
 # The training load (about 12 s, one worker on CPU 0, wrk on CPU 1, loopback only): the
 # article's request with 16 pipelined and with 64 connections, escaped and bad queries, an
 # unknown path and /healthz, with the access log and StatsD on. The optimized server is
-# target/pgo/leftpad. With --bench, the benchmarks are then built with the same profile and
-# run (`cargo bench --bench hot_path` with the arguments that follow).
+# target/pgo/leftpad. With --bench, the benchmarks are then built with the same profile
+# and run (`cargo bench --bench hot_path` with the arguments that follow).
+#
+# --target-cpu builds for that CPU and later ones only (rustc's -C target-cpu), into
+# target/pgo-CPU: with x86-64-v3 (AVX2: Haswell, Zen and later), httparse takes its AVX2
+# path without a check at run time, and the binary does not start on older CPUs.
 #
 # Needs wrk, curl, python3 and the toolchain's llvm-profdata (rustup component llvm-tools,
 # added if missing). Measured in bench-results/runs/2026-12-02-af9754f-pgo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bench=''
+bench='' target_cpu=''
+if [ "${1:-}" = --target-cpu ]; then
+  target_cpu=${2:?--target-cpu needs a CPU name, such as x86-64-v3 (rustc --print target-cpus lists them)}
+  shift 2
+fi
 if [ "${1:-}" = --bench ]; then
   bench=1
   shift
@@ -32,11 +40,11 @@ if [ ! -x "$profdata" ]; then
   [ -x "$profdata" ] || { echo "pgo.sh: no llvm-profdata at $profdata after adding llvm-tools" >&2; exit 1; }
 fi
 
-pgo=$PWD/target/pgo
+pgo=$PWD/target/pgo${target_cpu:+-$target_cpu}
 rm -rf "$pgo/profiles"
 mkdir -p "$pgo/profiles"
 # RUSTFLAGS replaces .cargo/config.toml's rustflags, so its frame pointers are repeated.
-flags="-C force-frame-pointers=yes"
+flags="-C force-frame-pointers=yes${target_cpu:+ -C target-cpu=$target_cpu}"
 
 echo "pgo.sh: building the instrumented server" >&2
 RUSTFLAGS="$flags -Cprofile-generate=$pgo/profiles" \
